@@ -1,0 +1,2 @@
+"""nnunet_mona: semi-supervised segmentation trainers for nnU-Net v2."""
+__version__ = "0.1.0"

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny synthetic dataset, planned and preprocessed once per test session.
+
+nnU-Net reads nnUNet_raw / nnUNet_preprocessed / nnUNet_results from the environment at call
+time (2.8.1), so setting them here is enough for in-process calls and for subprocesses.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from nnunet_mona.cli import configure_ext_trainer_in_process
+from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
+
+# Dataset ids used by the tests (nothing else may use them inside the test session folder).
+REAL_UNLABELED_ID = 990  # unlabeled images in imagesUnlabeled/
+SIMULATED_ID = 991  # unlabeled cases are training cases hidden by a split
+
+
+def run_cmd(cmd, timeout=900, env=None):
+    """Run a command, fail the test with its output if it fails. Returns stdout+stderr."""
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
+                          env=env if env is not None else os.environ.copy())
+    if proc.returncode != 0:
+        raise AssertionError(f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n{proc.stdout[-6000:]}")
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def nnunet_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nnunet")
+    dirs = {k: str(root / k) for k in ("raw", "preprocessed", "results")}
+    for d in dirs.values():
+        os.makedirs(d, exist_ok=True)
+    os.environ["nnUNet_raw"] = dirs["raw"]
+    os.environ["nnUNet_preprocessed"] = dirs["preprocessed"]
+    os.environ["nnUNet_results"] = dirs["results"]
+    os.environ.setdefault("nnUNet_n_proc_DA", "2")
+    os.environ.setdefault("nnUNet_def_n_proc", "1")
+    os.environ["nnUNet_compile"] = "f"
+    configure_ext_trainer_in_process()
+    return dirs
+
+
+def _plan_and_preprocess(dataset_id: int):
+    run_cmd([os.path.join(os.path.dirname(sys.executable), "nnUNetv2_plan_and_preprocess"),
+             "-d", str(dataset_id), "-c", "2d", "-np", "1", "--no_pbar"])
+
+
+@pytest.fixture(scope="session")
+def real_unlabeled_dataset(nnunet_dirs):
+    """Dataset990: 3 labeled patients (6 cases) in imagesTr, 4 unlabeled patients (8 cases) in
+    imagesUnlabeled, 1 test patient in imagesTs/labelsTs; planned and preprocessed (2d only)."""
+    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=REAL_UNLABELED_ID, n_labeled_patients=3,
+                                    n_unlabeled_patients=4, n_test_patients=1, size=(64, 64), n_slices=2, seed=1)
+    _plan_and_preprocess(REAL_UNLABELED_ID)
+    return {"id": REAL_UNLABELED_ID, "name": "Dataset990_MonaSynthetic", "roles": roles, **nnunet_dirs}
+
+
+@pytest.fixture(scope="session")
+def simulated_scarcity_dataset(nnunet_dirs):
+    """Dataset991: 7 patients (14 cases) all in imagesTr/labelsTr; tests hide some of them with a
+    split's 'unlabeled' list. 1 test patient in imagesTs/labelsTs; planned and preprocessed (2d)."""
+    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=SIMULATED_ID, dataset_name="MonaSimulated",
+                                    n_labeled_patients=3, n_unlabeled_patients=4, n_test_patients=1,
+                                    size=(64, 64), n_slices=2, unlabeled_as_training_cases=True, seed=2)
+    _plan_and_preprocess(SIMULATED_ID)
+    return {"id": SIMULATED_ID, "name": "Dataset991_MonaSimulated", "roles": roles, **nnunet_dirs}
