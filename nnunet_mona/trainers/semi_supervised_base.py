@@ -1,0 +1,374 @@
+"""Semi-supervised plumbing shared by every nnunet_mona trainer.
+
+One training iteration (see docs/design.md):
+  1. labeled batch from nnU-Net's own loader (unchanged);
+  2. unlabeled batch: one spatial transform, a weak and a strong intensity view of the same patch;
+  3. the EMA teacher predicts the weak view (no grad, fp32 softmax);
+  4. one student forward on [labeled ; strong]; nnU-Net's deep-supervision Dice+CE on the labeled
+     part, the method's losses (``compute_unlabeled_losses``) on the rest;
+  5. one backward and optimizer step, then the EMA update and ``after_optimizer_step``.
+
+Subclasses are small: they set class attributes and implement ``compute_unlabeled_losses``
+(and, when they have heads or memory banks, ``build_auxiliary_modules`` /
+``extra_checkpoint_state`` / ``load_extra_checkpoint_state``).
+"""
+import math
+import os
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast, nn
+from torch import distributed as dist
+
+from nnunet_mona.data.paths import unlabeled_preprocessed_folder
+from nnunet_mona.trainers.budget import apply_budget_from_environment
+from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
+from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
+
+
+def sigmoid_rampup(progress: float) -> float:
+    """exp(-5 (1 - t)^2) for t in [0, 1] (Laine & Aila), 1 after the ramp."""
+    t = float(np.clip(progress, 0.0, 1.0))
+    return float(math.exp(-5.0 * (1.0 - t) ** 2))
+
+
+class nnUNetTrainerSemiSupervised(nnUNetTrainer):
+    """Base class: EMA teacher, unlabeled loader, weak/strong views, loss-term logging.
+
+    Not meant to be trained directly (it has no unsupervised loss); use a method trainer such as
+    ``nnUNetTrainerMeanTeacher``.
+    """
+
+    # ---- hyper-parameters (class attributes: a variant is a three-line subclass) ----
+    ema_decay: float = 0.99
+    ema_warmup: bool = True
+    # unlabeled patches per labeled patch in a batch (MONA: 1:1)
+    unlabeled_batch_ratio: float = 1.0
+    # sigmoid ramp-up of every unsupervised term over this fraction of num_epochs (0: none)
+    unsupervised_rampup_fraction: float = 0.1
+    # weight of each unsupervised term returned by compute_unlabeled_losses (missing: 1.0)
+    loss_weights: Dict[str, float] = {}
+    # names of the terms logged per epoch ('sup' is added automatically)
+    loss_term_names: tuple = ()
+    # names among them that are only monitored (e.g. the confident-pixel fraction), never added to the loss
+    diagnostic_names: tuple = ()
+    # share of nnUNet_n_proc_DA given to the unlabeled augmentation workers
+    unlabeled_worker_share: float = 0.5
+    # write checkpoint_final_teacher.pth (teacher weights as 'network_weights', usable with -chk)
+    export_teacher_checkpoint: bool = True
+    # stop after this many consecutive non-finite losses (each one is skipped and counted)
+    max_consecutive_nonfinite_steps: int = 20
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        apply_budget_from_environment(self)
+        self.teacher: Optional[EMATeacher] = None
+        self.auxiliary_modules: Optional[nn.ModuleDict] = None
+        self.dataloader_unlabeled = None
+        self.unlabeled_batch_size = None
+        self.num_nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
+        self._teacher_restored = False
+        # every loss term gets a key in nnU-Net's logger and a curve in progress.png
+        self.all_term_names = ["sup"] + [n for n in self.loss_term_names if n != "sup"] + ["skipped_steps"]
+        self.logger.local_logger = SemiSupervisedLocalLogger(self.all_term_names)
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self):
+        if self.was_initialized:
+            return
+        if self.label_manager.has_regions:
+            raise RuntimeError(f"{self.__class__.__name__} supports label-based datasets only; this dataset uses "
+                               f"regions (overlapping sigmoid outputs), which its teacher/pseudo-labels do not model.")
+        super().initialize()
+        self.unlabeled_batch_size = max(1, int(round(self.batch_size * self.unlabeled_batch_ratio)))
+        teacher_net = self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.num_input_channels,
+            self.label_manager.num_segmentation_heads, enable_deep_supervision=False).to(self.device)
+        # built after super().initialize(): under DDP the student was broadcast from rank 0 already,
+        # so every rank starts from the same teacher
+        self.teacher = EMATeacher(teacher_net, self.network, decay=self.ema_decay, warmup=self.ema_warmup)
+
+    def build_auxiliary_modules(self) -> Optional[nn.ModuleDict]:
+        """Trainable modules outside ``self.network`` (projection heads...). Called before the
+        optimizer is built; their parameters are optimised with the network's. None: no modules."""
+        return None
+
+    def configure_optimizers(self):
+        modules = self.build_auxiliary_modules()
+        self.auxiliary_modules = modules.to(self.device) if modules is not None else None
+        params = list(self.network.parameters())
+        if self.auxiliary_modules is not None:
+            params += list(self.auxiliary_modules.parameters())
+        optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
+                                    momentum=0.99, nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    def trainable_parameters(self) -> List[nn.Parameter]:
+        params = list(self.network.parameters())
+        if self.auxiliary_modules is not None:
+            params += list(self.auxiliary_modules.parameters())
+        return params
+
+    # ------------------------------------------------------------------ data
+    def _fold_split_entry(self) -> Optional[dict]:
+        """This fold's entry of splits_final.json (with its 'unlabeled' list), or None."""
+        if self.fold == "all":
+            return None
+        splits_file = join(self.preprocessed_dataset_folder_base, "splits_final.json")
+        if not isfile(splits_file):
+            return None
+        splits = load_json(splits_file)
+        return splits[self.fold] if self.fold < len(splits) else None
+
+    def get_unlabeled_dataloader(self, labeled_ids: List[str]):
+        from nnunet_mona.data.unlabeled_loader import make_unlabeled_augmenter, nnUNetUnlabeledDataLoader
+        from nnunet_mona.data.unlabeled_pool import UnlabeledImageDataset, resolve_unlabeled_cases
+        from nnunet_mona.data.unlabeled_transforms import build_unlabeled_transforms
+
+        data_identifier = self.configuration_manager.data_identifier
+        if os.path.isdir(unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base, data_identifier)):
+            from nnunet_mona.data.unlabeled_preprocessing import check_unlabeled_folder_is_current
+            check_unlabeled_folder_is_current(self.preprocessed_dataset_folder_base, self.plans_manager.plans_name,
+                                              self.configuration_name, self.plans_manager.plans)
+        folders_by_id = resolve_unlabeled_cases(self.preprocessed_dataset_folder_base, data_identifier,
+                                                self._fold_split_entry(), labeled_ids)
+        if self.is_ddp:
+            # each rank draws from its own share of the pool
+            ids = sorted(folders_by_id)[self.local_rank::dist.get_world_size()] or sorted(folders_by_id)
+            folders_by_id = {i: folders_by_id[i] for i in ids}
+        self.print_to_log_file(f"Unlabeled pool: {len(folders_by_id)} cases, {self.unlabeled_batch_size} unlabeled "
+                               f"patches per iteration")
+        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        spatial, weak, strong = build_unlabeled_transforms(self.configuration_manager.patch_size, rotation_for_DA,
+                                                           mirror_axes, do_dummy_2d_data_aug)
+        loader = nnUNetUnlabeledDataLoader(UnlabeledImageDataset(folders_by_id), self.unlabeled_batch_size,
+                                           initial_patch_size, self.configuration_manager.patch_size,
+                                           spatial, weak, strong)
+        n_allowed = get_allowed_n_proc_DA()
+        n_proc = 0 if n_allowed == 0 else max(1, int(round(self.unlabeled_worker_share * n_allowed)))
+        augmenter = make_unlabeled_augmenter(loader, n_proc)
+        _ = next(augmenter)  # start the workers now, like nnU-Net does
+        return augmenter
+
+    def get_dataloaders(self):
+        dataloader_train, dataloader_val = super().get_dataloaders()
+        tr_keys, val_keys = self.do_split()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader(list(tr_keys) + list(val_keys))
+        return dataloader_train, dataloader_val
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self):
+        super().on_train_start()
+        if self.current_epoch == 0 and not self._teacher_restored:
+            # fresh run (possibly with -pretrained_weights loaded after initialize): teacher = student
+            self.teacher.copy_from(self.network)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+        if self.export_teacher_checkpoint and self.local_rank == 0 and not self.disable_checkpointing:
+            self.save_teacher_checkpoint(join(self.output_folder, "checkpoint_final_teacher.pth"))
+
+    def unsupervised_weight_factor(self) -> float:
+        """Ramp-up factor in [0, 1] for every unsupervised term at the current epoch."""
+        if self.unsupervised_rampup_fraction <= 0:
+            return 1.0
+        return sigmoid_rampup(self.current_epoch / max(1.0, self.unsupervised_rampup_fraction * self.num_epochs))
+
+    def autocast_context(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def next_unlabeled_batch(self) -> Dict[str, torch.Tensor]:
+        """{'data_weak', 'data_strong': (Bu, C, *P) float, 'valid_mask': (Bu, 1, *P) bool} on the device."""
+        batch = next(self.dataloader_unlabeled)
+        return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+    @torch.no_grad()
+    def teacher_predict(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Teacher on ``images`` (B, C, *P): fp32 'probs' (B, K, *P), 'confidence' (B, *P),
+        'pseudo_label' (B, *P) long."""
+        with self.autocast_context():
+            logits = self.teacher(images)
+        probs = torch.softmax(logits.float(), dim=1)
+        confidence, pseudo_label = probs.max(dim=1)
+        return {"logits": logits.float(), "probs": probs, "confidence": confidence, "pseudo_label": pseudo_label}
+
+    def make_student_unlabeled_input(self, unlabeled: Dict[str, torch.Tensor],
+                                     teacher_out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The student's unlabeled input and its per-pixel targets. Default: the strong view with
+        the teacher's predictions on the weak view (same geometry). Mixing methods (cutmix...)
+        override this and must transform images, pseudo-labels, confidences and masks alike.
+
+        Returns a dict with 'image' (B, C, *P), 'probs' (B, K, *P), 'confidence' (B, *P),
+        'pseudo_label' (B, *P), 'valid' (B, *P) bool."""
+        return {"image": unlabeled["data_strong"], "probs": teacher_out["probs"],
+                "confidence": teacher_out["confidence"], "pseudo_label": teacher_out["pseudo_label"],
+                "valid": unlabeled["valid_mask"][:, 0]}
+
+    def compute_unlabeled_losses(self, student_outputs_unlabeled, student_input: Dict[str, torch.Tensor],
+                                 unlabeled: Dict[str, torch.Tensor], labeled_outputs, labeled_target
+                                 ) -> Dict[str, torch.Tensor]:
+        """Unweighted unsupervised loss terms (scalars). ``student_outputs_unlabeled`` is the
+        student's output for the unlabeled part: a list (deep supervision, full resolution first)
+        or a tensor (B, K, *P). Values are weighted with ``loss_weights`` and the ramp-up."""
+        raise NotImplementedError(f"{self.__class__.__name__} must implement compute_unlabeled_losses")
+
+    def after_optimizer_step(self, step_state: dict) -> None:
+        """Hook after the optimizer step and the EMA update (memory-bank enqueue...)."""
+
+    def train_step(self, batch: dict) -> dict:
+        data = batch["data"].to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        unlabeled = self.next_unlabeled_batch()
+        n_labeled = data.shape[0]
+
+        self.optimizer.zero_grad(set_to_none=True)
+        teacher_out = self.teacher_predict(unlabeled["data_weak"])
+        student_input = self.make_student_unlabeled_input(unlabeled, teacher_out)
+        with self.autocast_context():
+            # one student forward on [labeled ; unlabeled] (InstanceNorm: identical to two passes)
+            output = self.network(torch.cat((data, student_input["image"]), dim=0))
+            if isinstance(output, (list, tuple)):
+                out_labeled = [o[:n_labeled] for o in output]
+                out_unlabeled = [o[n_labeled:] for o in output]
+            else:
+                out_labeled, out_unlabeled = output[:n_labeled], output[n_labeled:]
+            sup = self.loss(out_labeled, target)
+            terms = self.compute_unlabeled_losses(out_unlabeled, student_input, unlabeled, out_labeled, target)
+            ramp = self.unsupervised_weight_factor()
+            total = sup
+            for name, value in terms.items():
+                if name in self.diagnostic_names:
+                    continue
+                total = total + ramp * self.loss_weights.get(name, 1.0) * value
+
+        if not torch.isfinite(total):
+            return self._skip_nonfinite_step(sup, terms)
+        self._consecutive_nonfinite = 0
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(total).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            self.optimizer.step()
+        self.teacher.update(self.network)
+        self.after_optimizer_step({"teacher_out": teacher_out, "student_input": student_input,
+                                   "unlabeled": unlabeled})
+        result = {"loss": total.detach().cpu().numpy(), "sup": sup.detach().cpu().numpy(),
+                  "skipped_steps": np.array(0.0)}
+        for name, value in terms.items():
+            result[name] = value.detach().float().cpu().numpy()
+        return result
+
+    def _skip_nonfinite_step(self, sup: torch.Tensor, terms: Dict[str, torch.Tensor]) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        bad = [n for n, v in [("sup", sup)] + list(terms.items())
+               if n not in self.diagnostic_names and not torch.isfinite(v).all()]
+        self.print_to_log_file(f"Non-finite loss in {bad}: step skipped ({self.num_nonfinite_steps} so far)")
+        if self._consecutive_nonfinite >= self.max_consecutive_nonfinite_steps:
+            raise RuntimeError(
+                f"{self._consecutive_nonfinite} consecutive training steps had a non-finite loss ({bad}). "
+                f"Training stopped; the last checkpoint is intact. Check the input data (NaNs in images?), "
+                f"lower initial_lr or the unsupervised loss weights, then resume with --c.")
+        nan = np.array(np.nan)
+        return {"loss": nan, "sup": nan, "skipped_steps": np.array(1.0), **{n: nan for n in terms}}
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        outputs = collate_outputs(train_outputs)
+        for name in ["loss"] + self.all_term_names:
+            values = outputs.get(name, np.array([np.nan]))
+            if self.is_ddp:
+                gathered = [None for _ in range(dist.get_world_size())]
+                dist.all_gather_object(gathered, values)
+                values = np.vstack(gathered)
+            reducer = np.nansum if name == "skipped_steps" else np.nanmean
+            value = float(reducer(values)) if np.any(np.isfinite(values)) else float("nan")
+            if name == "loss":
+                self.logger.log("train_losses", value, self.current_epoch)
+            else:
+                self.logger.log(term_key(name), value, self.current_epoch)
+
+    def on_epoch_end(self):
+        terms = {n: self.logger.get_value(term_key(n), step=-1) for n in self.all_term_names}
+        self.print_to_log_file("loss terms", {k: round(float(v), 4) for k, v in terms.items()},
+                               f"(unsupervised ramp {self.unsupervised_weight_factor():.3f})")
+        super().on_epoch_end()
+
+    # ------------------------------------------------------------------ checkpoints
+    def extra_checkpoint_state(self) -> dict:
+        """Everything a resume needs beyond nnU-Net's keys. Subclasses extend the dict."""
+        state = {"teacher": self.teacher.state_dict(), "num_nonfinite_steps": self.num_nonfinite_steps}
+        if self.auxiliary_modules is not None:
+            state["auxiliary_modules"] = self.auxiliary_modules.state_dict()
+        return state
+
+    def load_extra_checkpoint_state(self, state: dict) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self._teacher_restored = True
+        self.num_nonfinite_steps = state.get("num_nonfinite_steps", 0)
+        if self.auxiliary_modules is not None and "auxiliary_modules" in state:
+            self.auxiliary_modules.load_state_dict(state["auxiliary_modules"])
+
+    def _base_checkpoint(self, network_weights: dict) -> dict:
+        return {
+            "network_weights": network_weights,
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = self._base_checkpoint(unwrap_network(self.network).state_dict())
+        checkpoint["semi_supervised"] = self.extra_checkpoint_state()
+        torch.save(checkpoint, filename)
+
+    def save_teacher_checkpoint(self, filename: str) -> None:
+        """A checkpoint whose 'network_weights' are the teacher's: ``nnUNetv2_predict -chk <name>``."""
+        checkpoint = self._base_checkpoint(self.teacher.model.state_dict())
+        checkpoint.pop("optimizer_state")
+        checkpoint.pop("grad_scaler_state")
+        torch.save(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False) \
+            if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
+        if "optimizer_state" not in checkpoint:
+            raise RuntimeError("This is a teacher-only checkpoint (for prediction with -chk); it cannot be used to "
+                               "resume training. Resume from checkpoint_final/latest/best.pth instead.")
+        super().load_checkpoint(filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else checkpoint)
+        if "semi_supervised" in checkpoint:
+            self.load_extra_checkpoint_state(checkpoint["semi_supervised"])
+        else:
+            # e.g. a plain nnUNetTrainer checkpoint: start the teacher from the loaded student
+            self.teacher.copy_from(self.network)
+            self._teacher_restored = True
