@@ -11,7 +11,7 @@ from nnunet_mona.augment.warps import (RandomWarp, affine_grid, affine_matrices,
                                        random_affine_matrices, random_smooth_displacement_grid, tps_grid,
                                        valid_mask_from_grid, warp)
 
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1]
 
 
 def gen(seed):
@@ -112,6 +112,8 @@ def test_classmix_takes_whole_classes(seed):
     lab[1] = lab[1].clamp(max=2)  # 3 classes present
     lab[2] = 3  # one class
     lab[3, :4] = -1  # some ignore pixels
+    lab[0][lab[0] == 0] = 1  # class 0 absent in sample 0, but ignore pixels present
+    lab[0, -3:] = -1
     m = classmix_masks(lab, gen(seed + 1))
     assert m.shape == lab.shape and m.dtype == torch.bool
     for b in range(B):
@@ -336,3 +338,15 @@ def test_warps_reject_bad_dims():
         RandomWarp()(1, (4, 4, 4, 4))
     with pytest.raises(ValueError):
         warp(torch.zeros(1, 1, 8, 8), torch.zeros(1, 8, 8, 3))
+
+
+@pytest.mark.parametrize("shape", [(20, 40), (8, 12, 16)])
+def test_rotation_is_rigid_in_pixels_on_anisotropic_shapes(shape):
+    d = len(shape)
+    theta = random_affine_matrices(2, shape, rotation_deg=(20, 70), zoom=(1, 1), translation=0, mirror_prob=0.5,
+                                   generator=gen(0))
+    grid = affine_grid(theta, shape)
+    px = grid * torch.tensor(list(reversed(shape)), dtype=grid.dtype) / 2  # source positions in pixels
+    for ax in range(d):  # neighbouring output pixels map to sources 1 px apart
+        step = px.narrow(1 + ax, 1, shape[ax] - 1) - px.narrow(1 + ax, 0, shape[ax] - 1)
+        assert torch.allclose(step.norm(dim=-1), torch.ones(()), atol=1e-4)

@@ -66,20 +66,19 @@ def cutmix_box_masks(batch_size: int, spatial_shape: Sequence[int], area_fractio
     device = torch.device(device) if device is not None else torch.device("cpu")
     g = device_generator(generator, device)
     nd = len(spatial_shape)
-    remaining = torch.full((batch_size,), float(area_fraction), device=device, dtype=torch.float64)
+    remaining = torch.full((batch_size,), float(area_fraction), device=device, dtype=torch.float32)
     fractions = [None] * nd
     for ax in range(nd - 1, -1, -1):  # last axis first (W in 2D, as MONA draws the width first)
         if ax == 0:
             f = remaining
         else:
-            f = uniform((batch_size,), remaining, torch.ones_like(remaining), g, device, torch.float64)
+            f = uniform((batch_size,), remaining, torch.ones_like(remaining), g, device, torch.float32)
         fractions[ax] = f
         remaining = remaining / f
     mask = torch.ones((batch_size,) + spatial_shape, dtype=torch.bool, device=device)
     for ax, n in enumerate(spatial_shape):
         size = torch.clamp(torch.round(fractions[ax] * n), 1, n).long()  # (B,)
-        start = torch.floor(torch.rand(batch_size, generator=g, device=device, dtype=torch.float64)
-                            * (n - size + 1).double()).long()
+        start = torch.floor(torch.rand(batch_size, generator=g, device=device) * (n - size + 1)).long()
         start = torch.minimum(start, n - size)
         coords = torch.arange(n, device=device)
         inside = (coords[None, :] >= start[:, None]) & (coords[None, :] < (start + size)[:, None])  # (B, n)
@@ -171,7 +170,7 @@ def classmix_masks(pseudo_labels: torch.Tensor, generator: Optional[torch.Genera
     For sample b with n_b distinct labels present, ceil(n_b / 2) of them are chosen uniformly at
     random (the ClassMix convention; with a single class it is kept, i.e. no mixing). Pixels
     whose label is chosen stay from sample b (mask False); all other pixels, including ignore
-    labels (< 0), come from the partner (mask True). Whole classes are always kept or replaced.
+    labels (< 0) and labels >= ``num_classes``, come from the partner (mask True). Whole classes are always kept or replaced.
 
     Args:
         pseudo_labels: (B, *S) integer labels (negative = ignore).
@@ -189,15 +188,17 @@ def classmix_masks(pseudo_labels: torch.Tensor, generator: Optional[torch.Genera
         num_classes = int(pseudo_labels.max().item()) + 1 if pseudo_labels.numel() else 1
     K = max(int(num_classes), 1)
     flat = pseudo_labels.reshape(B, -1).long()
-    valid = flat >= 0
-    idx = flat.clamp(0, K - 1)
-    present = torch.zeros(B, K, dtype=torch.bool, device=device)
-    present.scatter_(1, idx, valid)  # valid pixels mark their class present (unique over scatter)
+    valid = (flat >= 0) & (flat < K)
+    idx = torch.where(valid, flat, torch.full_like(flat, K))  # invalid pixels -> dummy class K
+    present = torch.zeros(B, K + 1, dtype=torch.bool, device=device)
+    present.scatter_(1, idx, True)  # "unique" without a host round trip
+    present = present[:, :K]
     g = device_generator(generator, device)
     scores = torch.rand(B, K, generator=g, device=device)
     scores = torch.where(present, scores, torch.full_like(scores, 2.0))  # absent classes sort last
     ranks = torch.argsort(torch.argsort(scores, dim=1), dim=1)  # rank of each class, 0 = first
     n_keep = (present.sum(1) + 1) // 2  # ceil(n_b / 2)
     keep_class = present & (ranks < n_keep[:, None])  # (B, K)
-    keep_pixel = torch.gather(keep_class, 1, idx) & valid
+    keep_class = torch.cat([keep_class, keep_class.new_zeros(B, 1)], dim=1)  # dummy class never kept
+    keep_pixel = torch.gather(keep_class, 1, idx)
     return (~keep_pixel).reshape(pseudo_labels.shape)
