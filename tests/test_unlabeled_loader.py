@@ -193,7 +193,7 @@ def test_sampling_is_uniform_over_cases_without_foreground_bias(tmp_path):
     one corner. nnU-Net would centre a third of the patches on it; we must not: a random 32x32 box in a 64x64
     image contains the 8x8 corner blob with probability (8/33)^2 = 5.9 %."""
     folder = str(tmp_path / 'fg')
-    n_cases, n_batches, bs = 4, 50, 32
+    n_cases, n_batches, bs = 4, 25, 32
     for i in range(n_cases):
         img = np.zeros((1, 1, 64, 64), np.float32)
         img[0, 0, :8, :8] = 1

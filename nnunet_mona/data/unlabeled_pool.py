@@ -11,7 +11,7 @@ Two sources are combined:
 Images are stored by nnU-Net as float32 ``(C, Z, Y, X)``; 2D data have Z == 1.
 """
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import blosc2
 
@@ -25,12 +25,12 @@ def _list_image_identifiers(folder: str) -> List[str]:
     return sorted(i[:-5] for i in os.listdir(folder) if i.endswith(".b2nd") and not i.endswith("_seg.b2nd"))
 
 
-def _cli_hint(preprocessed_dataset_folder: str, data_identifier: str) -> str:
-    """Best-effort ``-d X -c CFG`` arguments for the error messages."""
+def _cli_hint(preprocessed_dataset_folder: str, data_identifier: str) -> Tuple[str, str]:
+    """Best-effort command arguments for the error messages: ``('-d X', '-d X -c CFG')``."""
     name = os.path.basename(os.path.normpath(preprocessed_dataset_folder))
     dataset = name[len("Dataset"):].split("_")[0] if name.startswith("Dataset") else name
     cfg = next((c for c in _KNOWN_CONFIGURATIONS if data_identifier.endswith("_" + c)), "CONFIGURATION")
-    return f"-d {dataset} -c {cfg}"
+    return f"-d {dataset}", f"-d {dataset} -c {cfg}"
 
 
 def resolve_unlabeled_cases(preprocessed_dataset_folder: str, data_identifier: str, fold_split: Optional[dict],
@@ -45,8 +45,7 @@ def resolve_unlabeled_cases(preprocessed_dataset_folder: str, data_identifier: s
     Raises RuntimeError (what is wrong and the command that fixes it) if there is no unlabeled case at all, an
     unlabeled id is also labeled, a listed id has no ``<id>.b2nd``, or an id occurs twice across/within sources.
     """
-    hint = _cli_hint(preprocessed_dataset_folder, data_identifier)
-    hint_d = hint.split(" -c")[0]
+    hint_d, hint = _cli_hint(preprocessed_dataset_folder, data_identifier)
     labeled_folder = os.path.join(preprocessed_dataset_folder, data_identifier)
     sibling = unlabeled_preprocessed_folder(preprocessed_dataset_folder, data_identifier)
 
@@ -62,7 +61,8 @@ def resolve_unlabeled_cases(preprocessed_dataset_folder: str, data_identifier: s
                            f"'<id>.b2nd' in {labeled_folder}: {missing[:10]}{' ...' if len(missing) > 10 else ''}. "
                            f"The 'unlabeled' list must name training cases of this dataset; were the splits written "
                            f"for another dataset, or is this configuration not preprocessed? Preprocess with "
-                           f"`nnUNetv2_preprocess {hint}` or rewrite the splits with `nnUNetv2_mona_make_splits {hint_d}`.")
+                           f"`nnUNetv2_preprocess {hint}` or rewrite the splits with "
+                           f"`nnUNetv2_mona_make_splits {hint_d}`.")
     cases = {i: labeled_folder for i in from_split}
 
     from_sibling = _list_image_identifiers(sibling) if os.path.isdir(sibling) else []
@@ -78,8 +78,8 @@ def resolve_unlabeled_cases(preprocessed_dataset_folder: str, data_identifier: s
     if leaked:
         raise RuntimeError(f"Case id(s) {leaked[:10]}{' ...' if len(leaked) > 10 else ''} are unlabeled AND used with "
                            f"labels (train or val of this fold). An unlabeled case must not be a labeled one. Rewrite "
-                           f"the splits with `nnUNetv2_mona_make_splits {hint_d}` (the 'unlabeled' list must be disjoint from "
-                           f"'train' and 'val'), or rename/remove the case in imagesUnlabeled and rerun "
+                           f"the splits with `nnUNetv2_mona_make_splits {hint_d}` (the 'unlabeled' list must be "
+                           f"disjoint from 'train' and 'val'), or rename/remove the case in imagesUnlabeled and rerun "
                            f"`nnUNetv2_mona_preprocess_unlabeled {hint}`.")
     if not cases:
         raise RuntimeError(f"No unlabeled case found: the fold's split has no 'unlabeled' list and the unlabeled "
