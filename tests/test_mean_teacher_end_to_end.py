@@ -1,0 +1,97 @@
+"""End to end on CPU with the stock nnU-Net commands: plan/preprocess (fixture) ->
+nnUNetv2_train -tr nnUNetTrainerMeanTeacher -> --c resume -> nnUNetv2_predict (student and teacher).
+
+Scarcity is simulated with a split whose 'unlabeled' cases lie in the labeled preprocessed folder;
+their label files are deleted first, so training proves it never reads them.
+"""
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import run_cmd
+
+BIN = os.path.dirname(sys.executable)
+TRAINER = "nnUNetTrainerMeanTeacher"
+
+
+def _budget_env(epochs, iterations=3):
+    env = os.environ.copy()
+    env.update({"nnUNet_mona_epochs": str(epochs), "nnUNet_mona_iterations": str(iterations),
+                "nnUNet_mona_val_iterations": "1"})
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained_mean_teacher(simulated_scarcity_dataset):
+    ds = simulated_scarcity_dataset
+    pre = os.path.join(ds["preprocessed"], ds["name"])
+    labeled, unlabeled = ds["roles"]["labeled"], ds["roles"]["unlabeled"]
+    with open(os.path.join(pre, "splits_final.json"), "w") as f:
+        json.dump([{"train": labeled, "val": labeled, "unlabeled": unlabeled}], f)
+    # hide the unlabeled cases' labels: any attempt to read them now fails
+    hidden = os.path.join(str(ds["preprocessed"]), "hidden_labels")
+    os.makedirs(hidden, exist_ok=True)
+    for case in unlabeled:
+        shutil.move(os.path.join(pre, "nnUNetPlans_2d", f"{case}_seg.b2nd"), hidden)
+    out = run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(ds["id"]), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
+                  env=_budget_env(2))
+    fold = os.path.join(ds["results"], ds["name"], f"{TRAINER}__nnUNetPlans__2d", "fold_0")
+    return {"ds": ds, "fold": fold, "train_output": out, "pre": pre}
+
+
+def test_training_outputs_and_loss_terms(trained_mean_teacher):
+    fold = trained_mean_teacher["fold"]
+    for name in ("checkpoint_final.pth", "checkpoint_final_teacher.pth", "progress.png"):
+        assert os.path.isfile(os.path.join(fold, name)), name
+    ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert ckpt["trainer_name"] == TRAINER
+    logging = ckpt["logging"]
+    for key in ("train_sup", "train_unsup", "train_confident_fraction", "train_skipped_steps"):
+        assert len(logging[key]) == 2, key
+        assert np.all(np.isfinite(logging[key])), (key, logging[key])
+    assert ckpt["semi_supervised"]["teacher"]["num_updates"].item() == 2 * 3
+    # the teacher is an EMA of the student, not the student itself
+    teacher = ckpt["semi_supervised"]["teacher"]
+    diffs = [(teacher["model." + k].float() - v.float()).abs().max().item()
+             for k, v in ckpt["network_weights"].items() if v.dtype.is_floating_point]
+    assert max(diffs) > 0
+    logs = [f for f in os.listdir(fold) if f.startswith("training_log")]
+    text = open(os.path.join(fold, sorted(logs)[-1])).read()
+    assert "loss terms" in text and "'unsup'" in text and "Unlabeled pool: 8 cases" in text
+
+
+def test_resume_continues_everything(trained_mean_teacher):
+    ds, fold = trained_mean_teacher["ds"], trained_mean_teacher["fold"]
+    before = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(ds["id"]), "2d", "0", "-tr", TRAINER, "-device", "cpu", "--c"],
+            env=_budget_env(3))
+    after = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert after["current_epoch"] == 3
+    # logger kept the first two epochs and appended the third
+    assert len(after["logging"]["train_unsup"]) == 3
+    assert after["logging"]["train_unsup"][:2] == before["logging"]["train_unsup"]
+    # the teacher continued from its saved state (6 updates) instead of restarting from the student
+    assert after["semi_supervised"]["teacher"]["num_updates"].item() == 3 * 3
+
+
+def test_predict_with_student_and_teacher(trained_mean_teacher, tmp_path):
+    ds = trained_mean_teacher["ds"]
+    images = os.path.join(ds["raw"], ds["name"], "imagesTs")
+    for chk in ("checkpoint_final.pth", "checkpoint_final_teacher.pth"):
+        out = tmp_path / chk.replace(".pth", "")
+        run_cmd([os.path.join(BIN, "nnUNetv2_predict"), "-i", images, "-o", str(out), "-d", str(ds["id"]), "-c", "2d",
+                 "-tr", TRAINER, "-f", "0", "-chk", chk, "-device", "cpu", "-npp", "1", "-nps", "1",
+                 "--disable_progress_bar"])
+        predicted = sorted(p for p in os.listdir(out) if p.endswith(".nii.gz"))
+        assert predicted == sorted(f"{c}.nii.gz" for c in ds["roles"]["test"])
+
+
+def test_unlabeled_labels_were_never_needed(trained_mean_teacher):
+    pre = trained_mean_teacher["pre"]
+    for case in trained_mean_teacher["ds"]["roles"]["unlabeled"]:
+        assert not os.path.exists(os.path.join(pre, "nnUNetPlans_2d", f"{case}_seg.b2nd"))
