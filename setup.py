@@ -22,6 +22,7 @@ setup(
         "acvl-utils>=0.2",
         "dynamic-network-architectures>=0.4.4",
         "matplotlib",
+        "h5py",  # ACDC converter (SSL4MIS h5 format)
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={
