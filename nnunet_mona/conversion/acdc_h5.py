@@ -45,10 +45,7 @@ def _import_h5py():
 def _read_list(path: str) -> List[str]:
     with open(path) as f:
         names = [line.strip() for line in f if line.strip()]
-    for n in names:
-        if n.endswith(".h5"):
-            raise ConversionError(f"{path}: entries must be names without '.h5', found {n!r}")
-    return names
+    return [n[:-3] if n.endswith(".h5") else n for n in names]
 
 
 def find_source_root(input_folder: str) -> str:
