@@ -194,7 +194,8 @@ def test_h5_images_mode(tmp_path, raw):
         assert {patient_of(c) for c in tr} == lab and cases_in(folder, "labelsTr") == tr
         assert sorted(tr + unl) == sorted(all_train) and not {patient_of(c) for c in unl} & lab
         s = load_split(folder, n)
-        assert sorted(s["train"]) == tr and sorted(s["unlabeled"]) == unl
+        # 'unlabeled' may only name imagesTr cases: in images mode the pool is imagesUnlabeled/
+        assert sorted(s["train"]) == tr and s["unlabeled"] == []
         assert (folder / "splits_final.json").exists() == (n == 3)
         assert json.loads((folder / "dataset.json").read_text())["numTraining"] == len(tr)
         # copied volumes are identical to freshly read ones

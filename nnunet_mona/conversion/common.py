@@ -16,7 +16,9 @@ Layout written (``nnUNet_raw/DatasetXXX_Name``)::
 Split files are nnU-Net split files with a single fold: ``[{"train": [...], "val": [...],
 "unlabeled": [...]}]``; ``train`` = all cases (frames) of the N labeled patients, ``val`` = the same
 cases (scarce-label setting: there is no labeled case to spare; the real evaluation is imagesTs),
-``unlabeled`` = all other training cases. To use one, copy it to
+``unlabeled`` = all other training cases (unlabeled mode 'split'), or ``[]`` (mode 'images': the
+unlabeled images are in imagesUnlabeled/ and reach the trainers through
+``nnUNetv2_mona_preprocess_unlabeled``; 'unlabeled' must only name imagesTr cases). To use one, copy it to
 ``nnUNet_preprocessed/DatasetXXX_Name/splits_final.json`` (nnU-Net also copies a
 ``splits_final.json`` found in the raw folder there at planning time, if none exists yet).
 """
@@ -334,7 +336,9 @@ def _write_one(source: CaseSource, t: _Target, labeled: Dict[int, List[str]], mo
                        numUnlabeled=len(unl_cases), unlabeled_mode=mode,
                        labeled_patients={str(n): labeled[n] for n in t.counts}, **source.extra_json)
     for n in t.counts:
-        split = [make_split(tr_cases, labeled[n], unl_cases if mode == "images" else None)]
+        # images mode: 'unlabeled' stays empty, the unlabeled images come from imagesUnlabeled/ (the trainers
+        # read 'unlabeled' as cases of the labeled preprocessed folder, see nnunet_mona.data.unlabeled_pool)
+        split = [make_split(tr_cases, labeled[n], [] if mode == "images" else None)]
         save_json(split, os.path.join(tmp, split_filename(n)))
         if default_split == n:
             save_json(split, os.path.join(tmp, "splits_final.json"))
@@ -371,7 +375,8 @@ def add_common_arguments(parser, default_id: int, default_name: str) -> None:
                         help="split (default): all training volumes in imagesTr/labelsTr, label scarcity "
                              "simulated by splits_final_<N>labeled.json; images: only the N labeled patients "
                              "in imagesTr/labelsTr, the other training volumes in imagesUnlabeled/ without "
-                             "labels, one dataset per N")
+                             "labels (split files then have an empty 'unlabeled' list; run "
+                             "nnUNetv2_mona_preprocess_unlabeled after planning), one dataset per N")
     parser.add_argument("--default_split", type=int, nargs="?", const=DEFAULT_SPLIT_IF_FLAG_ONLY, default=None,
                         metavar="N",
                         help="also write the N-labeled split as splits_final.json in the raw folder (nnU-Net "
