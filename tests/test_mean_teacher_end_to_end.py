@@ -95,3 +95,30 @@ def test_unlabeled_labels_were_never_needed(trained_mean_teacher):
     pre = trained_mean_teacher["pre"]
     for case in trained_mean_teacher["ds"]["roles"]["unlabeled"]:
         assert not os.path.exists(os.path.join(pre, "nnUNetPlans_2d", f"{case}_seg.b2nd"))
+
+
+def test_trains_on_real_unlabeled_images(real_unlabeled_dataset):
+    """Unlabeled data the other way: imagesUnlabeled/ preprocessed with the dataset's plans."""
+    from nnunet_mona.data.unlabeled_preprocessing import preprocess_unlabeled
+
+    ds = real_unlabeled_dataset
+    pre = os.path.join(ds["preprocessed"], ds["name"])
+    unlabeled_folder = os.path.join(pre, "nnUNetPlans_2d_unlabeled")
+    results = os.path.join(ds["results"], ds["name"], f"{TRAINER}__nnUNetPlans__2d")
+    try:
+        ids = preprocess_unlabeled(ds["id"], "2d", num_processes=1, show_progress_bar=False)
+        assert sorted(ids) == sorted(ds["roles"]["unlabeled"])
+        run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(ds["id"]), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
+                env=_budget_env(1, iterations=2))
+        fold = os.path.join(results, "fold_0")
+        ckpt = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+        assert np.isfinite(ckpt["logging"]["train_unsup"][0])
+        text = open(os.path.join(fold, sorted(f for f in os.listdir(fold) if f.startswith("training_log"))[-1])).read()
+        assert f"Unlabeled pool: {len(ds['roles']['unlabeled'])} cases" in text
+    finally:
+        # leave the session fixture as other test modules expect it
+        shutil.rmtree(unlabeled_folder, ignore_errors=True)
+        shutil.rmtree(results, ignore_errors=True)
+        splits = os.path.join(pre, "splits_final.json")
+        if os.path.isfile(splits):
+            os.remove(splits)
