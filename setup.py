@@ -33,6 +33,8 @@ setup(
             "nnUNetv2_mona_demo = nnunet_mona.demo.run_demo:entry_point",
             "nnUNetv2_mona_convert_acdc_h5 = nnunet_mona.conversion.acdc_h5:entry_point",
             "nnUNetv2_mona_convert_acdc = nnunet_mona.conversion.acdc_official:entry_point",
+            "nnUNetv2_mona_benchmark = nnunet_mona.benchmark.run_benchmark:entry_point",
+            "nnUNetv2_mona_evaluate = nnunet_mona.benchmark.evaluate:entry_point",
         ]
     },
 )
