@@ -2,6 +2,13 @@
 from nnunet_mona.trainers.budget import nnUNetTrainerBudget
 from nnunet_mona.trainers.mean_teacher import nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_MSE
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
+from nnunet_mona.trainers.mona import nnUNetTrainerMONA
+from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix,
+                                               nnUNetTrainerMONA_cutout, nnUNetTrainerMONA_noContrast,
+                                               nnUNetTrainerMONA_noEquivariance, nnUNetTrainerMONA_noNN,
+                                               nnUNetTrainerMONA_stratified)
 
 __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerMeanTeacher",
-           "nnUNetTrainerMeanTeacher_MSE"]
+           "nnUNetTrainerMeanTeacher_MSE", "nnUNetTrainerMONA", "nnUNetTrainerMONA_noContrast",
+           "nnUNetTrainerMONA_noNN", "nnUNetTrainerMONA_noEquivariance", "nnUNetTrainerMONA_stratified",
+           "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix"]
