@@ -6,9 +6,14 @@ nnU-Net fixes the budget in code (1000 epochs x 250 iterations; variants such as
 
     nnUNet_mona_epochs=50 nnUNet_mona_iterations=100 nnUNetv2_train ... -tr nnUNetTrainerMeanTeacher
 
-``nnUNet_mona_val_iterations`` sets the validation iterations per epoch. Unset: nnU-Net's defaults.
+``nnUNet_mona_val_iterations`` sets the validation iterations per epoch, ``nnUNet_mona_save_every``
+how often (epochs) ``checkpoint_latest.pth`` is written, ``nnUNet_mona_seed`` seeds python, numpy
+and torch (with ``nnUNet_n_proc_DA=0`` a CPU run is then repeatable). Unset: nnU-Net's defaults.
 """
 import os
+import random
+
+import numpy as np
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
@@ -17,7 +22,31 @@ BUDGET_VARIABLES = {
     "nnUNet_mona_epochs": "num_epochs",
     "nnUNet_mona_iterations": "num_iterations_per_epoch",
     "nnUNet_mona_val_iterations": "num_val_iterations_per_epoch",
+    "nnUNet_mona_save_every": "save_every",
 }
+SEED_VARIABLE = "nnUNet_mona_seed"
+
+
+def _positive_int(variable: str, raw: str, minimum: int = 1) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{variable} must be an integer >= {minimum}, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"{variable} must be an integer >= {minimum}, got {value}")
+    return value
+
+
+def seed_from_environment():
+    """The seed in ``nnUNet_mona_seed`` (None when unset)."""
+    raw = os.environ.get(SEED_VARIABLE, "")
+    return _positive_int(SEED_VARIABLE, raw, minimum=0) if raw != "" else None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 def apply_budget_from_environment(trainer: nnUNetTrainer) -> None:
@@ -25,14 +54,14 @@ def apply_budget_from_environment(trainer: nnUNetTrainer) -> None:
         raw = os.environ.get(variable)
         if raw is None or raw == "":
             continue
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ValueError(f"{variable} must be a positive integer, got {raw!r}") from None
-        if value < 1:
-            raise ValueError(f"{variable} must be a positive integer, got {value}")
+        value = _positive_int(variable, raw)
         setattr(trainer, attribute, value)
         trainer.print_to_log_file(f"{attribute} = {value} (from {variable})")
+    seed = seed_from_environment()
+    if seed is not None:
+        # each DDP rank gets its own stream; the network init is broadcast from rank 0 anyway
+        seed_everything(seed + trainer.local_rank)
+        trainer.print_to_log_file(f"random seed = {seed} (from {SEED_VARIABLE})")
 
 
 class nnUNetTrainerBudget(nnUNetTrainer):

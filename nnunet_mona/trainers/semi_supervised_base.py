@@ -14,11 +14,13 @@ Subclasses are small: they set class attributes and implement ``compute_unlabele
 """
 import math
 import os
+import random
 from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
@@ -29,7 +31,8 @@ from torch import autocast, nn
 from torch import distributed as dist
 
 from nnunet_mona.data.paths import unlabeled_preprocessed_folder
-from nnunet_mona.trainers.budget import apply_budget_from_environment
+from nnunet_mona.trainers.budget import apply_budget_from_environment, seed_from_environment
+from nnunet_mona.modules.distributed import average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
 
@@ -78,6 +81,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self.num_nonfinite_steps = 0
         self._consecutive_nonfinite = 0
         self._teacher_restored = False
+        self._pending_rng_state = None  # restored once the loaders exist (see on_train_start)
         # every loss term gets a key in nnU-Net's logger and a curve in progress.png
         self.all_term_names = ["sup"] + [n for n in self.loss_term_names if n != "sup"] + ["skipped_steps"]
         self.logger.local_logger = SemiSupervisedLocalLogger(self.all_term_names)
@@ -97,6 +101,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         # built after super().initialize(): under DDP the student was broadcast from rank 0 already,
         # so every rank starts from the same teacher
         self.teacher = EMATeacher(teacher_net, self.network, decay=self.ema_decay, warmup=self.ema_warmup)
+        if self.is_ddp and self.auxiliary_modules is not None:
+            # heads are not wrapped by DDP: start them equal on every rank (gradients are averaged per step)
+            broadcast_module_(self.auxiliary_modules)
 
     def build_auxiliary_modules(self) -> Optional[nn.ModuleDict]:
         """Trainable modules outside ``self.network`` (projection heads...). Called before the
@@ -144,7 +151,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
                                                 self._fold_split_entry(), labeled_ids)
         if self.is_ddp:
             # each rank draws from its own share of the pool
-            ids = sorted(folders_by_id)[self.local_rank::dist.get_world_size()] or sorted(folders_by_id)
+            ids = rank_share(list(folders_by_id), dist.get_rank(), dist.get_world_size())
             folders_by_id = {i: folders_by_id[i] for i in ids}
         self.print_to_log_file(f"Unlabeled pool: {len(folders_by_id)} cases, {self.unlabeled_batch_size} unlabeled "
                                f"patches per iteration")
@@ -168,11 +175,39 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         return dataloader_train, dataloader_val
 
     # ------------------------------------------------------------------ training
+    def _in_process_loaders(self) -> list:
+        """Loaders that run in this process (nnUNet_n_proc_DA=0): their sampling RNG is ours to
+        seed and checkpoint. Worker-process loaders are not reproducible by design."""
+        return [a.data_loader for a in (self.dataloader_train, self.dataloader_val, self.dataloader_unlabeled)
+                if isinstance(a, SingleThreadedAugmenter)]
+
+    def random_state(self) -> dict:
+        return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "loaders": [dl.rs.get_state() for dl in self._in_process_loaders()]}
+
+    def set_random_state(self, state: dict) -> None:
+        random.setstate(state["python"])
+        np.random.set_state(state["numpy"])
+        torch.set_rng_state(state["torch"].cpu())
+        loaders = self._in_process_loaders()
+        if len(loaders) == len(state["loaders"]):
+            for dl, rs in zip(loaders, state["loaders"]):
+                dl.rs.set_state(rs)
+
     def on_train_start(self):
         super().on_train_start()
         if self.current_epoch == 0 and not self._teacher_restored:
             # fresh run (possibly with -pretrained_weights loaded after initialize): teacher = student
             self.teacher.copy_from(self.network)
+        seed = seed_from_environment()
+        if seed is not None and self._pending_rng_state is None:
+            # batchgenerators' loaders draw cases from their own unseeded RandomState
+            for i, dl in enumerate(self._in_process_loaders()):
+                dl.rs = np.random.RandomState(seed + 1000 * (i + 1) + self.local_rank)
+        if self._pending_rng_state is not None:
+            # after the loaders were built and primed: continue exactly where the checkpoint was taken
+            self.set_random_state(self._pending_rng_state)
+            self._pending_rng_state = None
 
     def on_train_end(self):
         super().on_train_end()
@@ -261,12 +296,16 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self._consecutive_nonfinite = 0
         if self.grad_scaler is not None:
             self.grad_scaler.scale(total).backward()
+            if self.is_ddp and self.auxiliary_modules is not None:
+                average_gradients_(self.auxiliary_modules)
             self.grad_scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
             total.backward()
+            if self.is_ddp and self.auxiliary_modules is not None:
+                average_gradients_(self.auxiliary_modules)
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
             self.optimizer.step()
         self.teacher.update(self.network)
@@ -317,7 +356,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     # ------------------------------------------------------------------ checkpoints
     def extra_checkpoint_state(self) -> dict:
         """Everything a resume needs beyond nnU-Net's keys. Subclasses extend the dict."""
-        state = {"teacher": self.teacher.state_dict(), "num_nonfinite_steps": self.num_nonfinite_steps}
+        state = {"teacher": self.teacher.state_dict(), "num_nonfinite_steps": self.num_nonfinite_steps,
+                 "rng_state": self.random_state()}
         if self.auxiliary_modules is not None:
             state["auxiliary_modules"] = self.auxiliary_modules.state_dict()
         return state
@@ -326,6 +366,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         self.teacher.load_state_dict(state["teacher"])
         self._teacher_restored = True
         self.num_nonfinite_steps = state.get("num_nonfinite_steps", 0)
+        self._pending_rng_state = state.get("rng_state")
         if self.auxiliary_modules is not None and "auxiliary_modules" in state:
             self.auxiliary_modules.load_state_dict(state["auxiliary_modules"])
 
