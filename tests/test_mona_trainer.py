@@ -1,0 +1,221 @@
+"""nnUNetTrainerMONA: unit checks of its pieces, then end to end on CPU with the stock commands.
+
+(a) decoder hooks on a tiny PlainConvUNet (shapes, gating); on a trainer initialised from the
+    Dataset996 plans (no run loop): every MONA term sends gradient to the student (and, for the
+    terms that use it, the student head) but never to the teacher or the teacher head; the
+    teacher head, class banks and NN queue round-trip through the checkpoint state exactly.
+(b) nnUNetv2_train (2 epochs x 2 iterations, unlabeled labels removed) -> --c to 3 epochs ->
+    nnUNetv2_predict.
+"""
+import io
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from conftest import run_cmd
+from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
+from nnunet_mona.modules.feature_hooks import (DecoderFeatureCollector, decoder_level_channels,
+                                               decoder_level_strides)
+
+BIN = os.path.dirname(sys.executable)
+TRAINER = "nnUNetTrainerMONA"
+DATASET_ID = 996
+DATASET_NAME = "Dataset996_MonaTrainer"
+MONA_TERMS = ("unsup", "contrast", "nn", "eqv", "confident_fraction")
+
+
+def _tiny_unet():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    return PlainConvUNet(1, 3, (8, 16, 32), nn.Conv2d, 3, (1, 2, 2), 1, 3, 1, conv_bias=True,
+                         norm_op=nn.InstanceNorm2d, norm_op_kwargs={"affine": True}, nonlin=nn.LeakyReLU,
+                         deep_supervision=True)
+
+
+def test_feature_hooks_shapes_and_gating():
+    net = _tiny_unet()
+    collector = DecoderFeatureCollector(net)
+    x = torch.randn(2, 1, 32, 32)
+    net(x)  # gated off: nothing kept
+    assert collector._maps == {}
+    with pytest.raises(RuntimeError):
+        collector.pop()
+    with collector.collecting():
+        out = net(x)
+        maps = collector.pop()
+    assert [tuple(m.shape) for m in maps] == [(2, 32, 8, 8), (2, 16, 16, 16), (2, 8, 32, 32)]
+    assert decoder_level_channels(net) == [32, 16, 8]
+    assert decoder_level_strides(net, [[1, 1], [2, 2], [2, 2]]) == [[4, 4], [2, 2], [1, 1]]
+    assert maps[-1].requires_grad and isinstance(out, list)
+    net(x)  # off again after the block
+    assert collector._maps == {}
+    collector.remove()
+    with collector.collecting():
+        net(x)
+    assert collector._maps == {}
+
+
+# ---------------------------------------------------------------- dataset and trainer fixtures
+@pytest.fixture(scope="module")
+def mona_dataset(nnunet_dirs):
+    """Dataset996: 3 labeled + 4 'unlabeled' patients (hidden by the split), 1 test patient."""
+    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=DATASET_ID, dataset_name="MonaTrainer",
+                                    n_labeled_patients=3, n_unlabeled_patients=4, n_test_patients=1,
+                                    size=(64, 64), n_slices=2, unlabeled_as_training_cases=True, seed=3)
+    run_cmd([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1",
+             "--no_pbar"])
+    pre = os.path.join(nnunet_dirs["preprocessed"], DATASET_NAME)
+    # a small validation set keeps nnU-Net's final validation short
+    with open(os.path.join(pre, "splits_final.json"), "w") as f:
+        json.dump([{"train": roles["labeled"], "val": roles["labeled"][:1], "unlabeled": roles["unlabeled"]}], f)
+    hidden = os.path.join(nnunet_dirs["preprocessed"], "hidden_labels_996")
+    os.makedirs(hidden, exist_ok=True)
+    for case in roles["unlabeled"]:
+        shutil.move(os.path.join(pre, "nnUNetPlans_2d", f"{case}_seg.b2nd"), hidden)
+    return {"roles": roles, "pre": pre, **nnunet_dirs}
+
+
+def _make_trainer(pre):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunet_mona.trainers.mona import nnUNetTrainerMONA
+    plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
+    plans["continue_training"] = False
+    trainer = nnUNetTrainerMONA(plans, "2d", "all", load_json(os.path.join(pre, "dataset.json")),
+                                device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def _fake_step(trainer, seed=0):
+    """The train_step data flow up to the loss terms, on random tensors (no loaders, no run loop)."""
+    g = torch.Generator().manual_seed(seed)
+    data = torch.randn(2, 1, 64, 64, generator=g)
+    target = torch.zeros(2, 1, 64, 64)
+    target[:, :, 8:40, 8:40], target[:, :, 16:30, 16:30], target[:, :, 44:60, 44:60] = 1, 2, 3
+    unlabeled = {"data_weak": torch.randn(2, 1, 64, 64, generator=g), "valid_mask": torch.ones(2, 1, 64, 64,
+                                                                                                dtype=torch.bool)}
+    unlabeled["data_strong"] = unlabeled["data_weak"] + 0.1
+    trainer._labeled_images = data
+    with trainer.student_features.collecting():
+        teacher_out = trainer.teacher_predict(unlabeled["data_weak"])
+        student_input = trainer.make_student_unlabeled_input(unlabeled, teacher_out)
+        output = trainer.network(torch.cat((data, student_input["image"]), 0))
+        terms = trainer.compute_unlabeled_losses([o[2:] for o in output], student_input, unlabeled,
+                                                 [o[:2] for o in output], [target])
+    return terms
+
+
+@pytest.fixture(scope="module")
+def unit_trainer(mona_dataset):
+    trainer = _make_trainer(mona_dataset["pre"])
+    # a random teacher is never confident: open the thresholds so every term is non-trivial
+    trainer.unsup_threshold = 0.0
+    trainer.contrast_positive_threshold = 0.0
+    trainer.eqv_confidence_threshold = 0.0
+    trainer.mona_state["nn_queue"].enqueue(torch.randn(10, trainer.head_out_channels))
+    return trainer
+
+
+def test_each_term_trains_student_and_head_only(unit_trainer):
+    tr = unit_trainer
+    terms = _fake_step(tr)
+    assert set(terms) == set(MONA_TERMS)
+    assert not terms["confident_fraction"].requires_grad
+    student = list(tr.network.parameters())
+    head = list(tr.auxiliary_modules.parameters())
+    frozen = list(tr.teacher.parameters()) + list(tr.mona_state["teacher_head"].parameters())
+    assert all(not p.requires_grad for p in frozen)
+    for name in ("unsup", "contrast", "nn", "eqv"):
+        value = terms[name]
+        assert torch.isfinite(value) and value.item() > 0, (name, value)
+        for p in student + head:
+            p.grad = None
+        value.backward(retain_graph=True)
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student), name
+        head_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
+        assert head_grad == (name in ("contrast", "nn")), name  # unsup/eqv do not use the head
+        assert all(p.grad is None for p in frozen), name
+
+
+def test_banks_queue_and_teacher_head_round_trip(unit_trainer, mona_dataset):
+    tr = unit_trainer
+    for seed in range(2):
+        _fake_step(tr, seed)
+        tr.after_optimizer_step({})
+    state = tr.mona_state.state_dict()
+    assert sum(tr.mona_state["class_bank"].sizes()) > 0
+    assert len(tr.mona_state["nn_queue"]) == 10 + 2 * 2
+    assert int(state["teacher_head.num_updates"]) == 2
+    buffer = io.BytesIO()
+    torch.save(tr.extra_checkpoint_state(), buffer)
+    buffer.seek(0)
+    other = _make_trainer(mona_dataset["pre"])
+    assert sum(other.mona_state["class_bank"].sizes()) == 0
+    other.load_extra_checkpoint_state(torch.load(buffer, weights_only=False))
+    restored = other.mona_state.state_dict()
+    assert restored.keys() == state.keys()
+    for k in state:
+        assert state[k].dtype == restored[k].dtype and torch.equal(state[k], restored[k]), k
+    assert other.mona_state["class_bank"].sizes() == tr.mona_state["class_bank"].sizes()
+
+
+# ---------------------------------------------------------------- end to end
+def _budget_env(epochs, iterations=2):
+    env = os.environ.copy()
+    env.update({"nnUNet_mona_epochs": str(epochs), "nnUNet_mona_iterations": str(iterations),
+                "nnUNet_mona_val_iterations": "1"})
+    return env
+
+
+@pytest.fixture(scope="module")
+def trained_mona(mona_dataset):
+    ds = mona_dataset
+    fold = os.path.join(ds["results"], DATASET_NAME, f"{TRAINER}__nnUNetPlans__2d", "fold_0")
+    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
+            env=_budget_env(2))
+    first = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu",
+             "--c"], env=_budget_env(3))
+    second = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    return {"ds": ds, "fold": fold, "first": first, "second": second}
+
+
+def test_training_logs_every_mona_term(trained_mona):
+    fold, first, second = trained_mona["fold"], trained_mona["first"], trained_mona["second"]
+    assert first["trainer_name"] == TRAINER and second["current_epoch"] == 3
+    for name in ("sup",) + MONA_TERMS:
+        values = second["logging"][f"train_{name}"]
+        assert len(values) == 3 and np.all(np.isfinite(values)), (name, values)
+        assert values[:2] == first["logging"][f"train_{name}"], name  # resume kept the history
+    logs = sorted(f for f in os.listdir(fold) if f.startswith("training_log"))
+    text = "".join(open(os.path.join(fold, f)).read() for f in logs)
+    for name in MONA_TERMS:
+        assert f"'{name}'" in text, name
+    assert "Unlabeled pool: 8 cases" in text
+
+
+def test_resume_restores_banks_queue_and_teacher_head(trained_mona):
+    first, second = trained_mona["first"]["semi_supervised"]["mona"], trained_mona["second"]["semi_supervised"]["mona"]
+    # 2 x 2 steps, then 1 x 2 more: the EMA counters and the FIFO fill levels continue
+    assert int(first["teacher_head.num_updates"]) == 4 and int(second["teacher_head.num_updates"]) == 6
+    per_step = int(first["nn_queue.num_filled"]) // 4
+    assert per_step >= 1 and int(second["nn_queue.num_filled"]) == min(36, 6 * per_step)
+    bank_keys = [k for k in first if k.startswith("class_bank.") and k.endswith("num_filled")]
+    before = [int(first[k]) for k in bank_keys]
+    after = [int(second[k]) for k in bank_keys]
+    assert sum(before) > 0 and sum(after) > sum(before) and all(a >= b for a, b in zip(after, before))
+
+
+def test_predict(trained_mona, tmp_path):
+    ds = trained_mona["ds"]
+    images = os.path.join(ds["raw"], DATASET_NAME, "imagesTs")
+    run_cmd([os.path.join(BIN, "nnUNetv2_predict"), "-i", images, "-o", str(tmp_path), "-d", str(DATASET_ID),
+             "-c", "2d", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
+             "--disable_progress_bar"])
+    predicted = sorted(p for p in os.listdir(tmp_path) if p.endswith(".nii.gz"))
+    assert predicted == sorted(f"{c}.nii.gz" for c in ds["roles"]["test"])
