@@ -1,0 +1,128 @@
+#!/usr/bin/env python
+"""Per-iteration cost of nnU-Net trainers side by side: time per ``train_step`` and peak GPU memory.
+
+    python scripts/benchmark_iteration.py -d 996 -c 2d --trainers nnUNetTrainer nnUNetTrainerMONA \
+        --iterations 20 --warmup 3 --device cuda
+
+Each trainer is instantiated directly on the same plans (``plans['continue_training'] = False``,
+nnunet_integration.md 2.2), initialised, given its dataloaders, then runs ``--warmup`` untimed and
+``--iterations`` timed ``train_step`` calls. The labeled batch is fetched outside the timed region;
+semi-supervised trainers fetch their unlabeled batch inside ``train_step`` (it is part of their
+iteration; the background workers usually have it ready). Peak memory is
+``torch.cuda.max_memory_allocated`` over the timed steps (CUDA only; on CPU only time is reported).
+The first trainer is the reference for the ratios (the issue's target: MONA <= 2x time and memory
+of plain nnU-Net). With ``torch.compile`` (default on CUDA) keep warm-up >= 3 so compilation is
+not timed.
+"""
+import argparse
+import copy
+import gc
+import time
+
+import numpy as np
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+
+
+def find_trainer_class(name: str):
+    import nnunet_mona.trainers as ours
+    if hasattr(ours, name):
+        return getattr(ours, name)
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+    cls = recursive_find_python_class(join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), name,
+                                      "nnunetv2.training.nnUNetTrainer")
+    if cls is None:
+        raise RuntimeError(f"trainer {name} not found in nnunet_mona.trainers or nnunetv2")
+    return cls
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _finish_loaders(trainer) -> None:
+    for attr in ("dataloader_train", "dataloader_val", "dataloader_unlabeled"):
+        loader = getattr(trainer, attr, None)
+        if loader is not None and hasattr(loader, "_finish"):
+            loader._finish()
+
+
+def benchmark(trainer_name: str, plans: dict, configuration: str, fold, dataset_json: dict, device: torch.device,
+              warmup: int, iterations: int) -> dict:
+    plans = copy.deepcopy(plans)
+    plans["continue_training"] = False
+    trainer = find_trainer_class(trainer_name)(plans, configuration, fold, dataset_json, device=device)
+    trainer.initialize()
+    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+    trainer.network.train()
+    trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
+    unlabeled = getattr(trainer, "unlabeled_batch_size", None) or 0
+    times = []
+    try:
+        for i in range(warmup + iterations):
+            batch = next(trainer.dataloader_train)
+            if i == warmup and device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            _sync(device)
+            start = time.perf_counter()
+            trainer.train_step(batch)
+            _sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else float("nan")
+    finally:
+        _finish_loaders(trainer)
+    result = {"trainer": trainer_name, "batch": f"{trainer.batch_size}+{unlabeled}",
+              "mean_s": float(np.mean(times)), "std_s": float(np.std(times)), "peak_mb": peak}
+    del trainer
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-d", "--dataset", required=True, help="dataset id or name")
+    parser.add_argument("-c", "--configuration", default="2d")
+    parser.add_argument("-p", "--plans", default="nnUNetPlans")
+    parser.add_argument("-f", "--fold", default="0")
+    parser.add_argument("--trainers", nargs="+", default=["nnUNetTrainer", "nnUNetTrainerMONA"],
+                        help="first one is the reference for the ratios")
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
+    args = parser.parse_args(argv)
+
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunet_mona.cli import configure_ext_trainer_in_process
+    configure_ext_trainer_in_process()
+    dataset_name = maybe_convert_to_dataset_name(args.dataset)
+    folder = join(nnUNet_preprocessed, dataset_name)
+    plans = load_json(join(folder, args.plans + ".json"))
+    dataset_json = load_json(join(folder, "dataset.json"))
+    fold = args.fold if args.fold == "all" else int(args.fold)
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+
+    results = [benchmark(t, plans, args.configuration, fold, dataset_json, device, args.warmup, args.iterations)
+               for t in args.trainers]
+    ref = results[0]
+    print(f"\n{dataset_name} {args.configuration}, device {device}, {args.iterations} timed iterations after "
+          f"{args.warmup} warm-up; batch = labeled+unlabeled per iteration")
+    if device.type != "cuda":
+        print("(not CUDA: peak GPU memory is not measured, time only)")
+    header = f"{'trainer':<36} {'batch':>7} {'s/iter':>9} {'std':>7} {'peak MiB':>9} {'x time':>7} {'x mem':>7}"
+    print(header + "\n" + "-" * len(header))
+    for r in results:
+        mem_ratio = r["peak_mb"] / ref["peak_mb"] if device.type == "cuda" else float("nan")
+        print(f"{r['trainer']:<36} {r['batch']:>7} {r['mean_s']:>9.3f} {r['std_s']:>7.3f} {r['peak_mb']:>9.1f} "
+              f"{r['mean_s'] / ref['mean_s']:>7.2f} {mem_ratio:>7.2f}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
