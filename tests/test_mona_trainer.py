@@ -80,13 +80,13 @@ def mona_dataset(nnunet_dirs):
     return {"roles": roles, "pre": pre, **nnunet_dirs}
 
 
-def _make_trainer(pre):
+def _make_trainer(pre, name=TRAINER, configuration="2d", plans=None):
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunet_mona.trainers.mona import nnUNetTrainerMONA
-    plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
+    import nnunet_mona.trainers as trainers
+    plans = plans or load_json(os.path.join(pre, "nnUNetPlans.json"))
     plans["continue_training"] = False
-    trainer = nnUNetTrainerMONA(plans, "2d", "all", load_json(os.path.join(pre, "dataset.json")),
-                                device=torch.device("cpu"))
+    trainer = getattr(trainers, name)(plans, configuration, "all", load_json(os.path.join(pre, "dataset.json")),
+                                      device=torch.device("cpu"))
     trainer.initialize()
     return trainer
 
@@ -162,6 +162,25 @@ def test_banks_queue_and_teacher_head_round_trip(unit_trainer, mona_dataset):
     for k in state:
         assert state[k].dtype == restored[k].dtype and torch.equal(state[k], restored[k]), k
     assert other.mona_state["class_bank"].sizes() == tr.mona_state["class_bank"].sizes()
+
+
+@pytest.mark.parametrize("name", ["nnUNetTrainerMONA_noContrast", "nnUNetTrainerMONA_noEquivariance",
+                                  "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix"])
+def test_variants_compute_their_terms(mona_dataset, name):
+    trainer = _make_trainer(mona_dataset["pre"], name)
+    trainer.contrast_positive_threshold = 0.0
+    terms = _fake_step(trainer)
+    assert set(terms) == set(trainer.loss_term_names)
+    assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_3d_configuration_is_refused(mona_dataset):
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    plans = load_json(os.path.join(mona_dataset["pre"], "nnUNetPlans.json"))
+    fake_3d = dict(plans["configurations"]["2d"], patch_size=[8, 64, 64])
+    plans["configurations"]["3d_fullres"] = fake_3d
+    with pytest.raises(RuntimeError, match="2D-only"):
+        _make_trainer(mona_dataset["pre"], configuration="3d_fullres", plans=plans)
 
 
 # ---------------------------------------------------------------- end to end
