@@ -7,8 +7,16 @@ from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nn
                                                nnUNetTrainerMONA_cutout, nnUNetTrainerMONA_noContrast,
                                                nnUNetTrainerMONA_noEquivariance, nnUNetTrainerMONA_noNN,
                                                nnUNetTrainerMONA_stratified)
+from nnunet_mona.trainers.mixcl import nnUNetTrainerMixCLPretrain
+from nnunet_mona.trainers.relational_pretrain import (nnUNetTrainerACTIONPretrain, nnUNetTrainerACTIONPretrainEncoder,
+                                                      nnUNetTrainerMONAPretrain)
+from nnunet_mona.trainers.action import (nnUNetTrainerACTION, nnUNetTrainerACTION_noHardNegatives,
+                                        nnUNetTrainerACTION_noHardQueries)
 
 __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerMeanTeacher",
            "nnUNetTrainerMeanTeacher_MSE", "nnUNetTrainerMONA", "nnUNetTrainerMONA_noContrast",
            "nnUNetTrainerMONA_noNN", "nnUNetTrainerMONA_noEquivariance", "nnUNetTrainerMONA_stratified",
-           "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix"]
+           "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",
+           "nnUNetTrainerMixCLPretrain",
+           "nnUNetTrainerMONAPretrain", "nnUNetTrainerACTIONPretrainEncoder", "nnUNetTrainerACTIONPretrain",
+           "nnUNetTrainerACTION", "nnUNetTrainerACTION_noHardNegatives", "nnUNetTrainerACTION_noHardQueries"]
