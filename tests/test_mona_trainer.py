@@ -112,6 +112,7 @@ def _fake_step(trainer, seed=0):
 
 @pytest.fixture(scope="module")
 def unit_trainer(mona_dataset):
+    torch.manual_seed(0)  # network init, mixing and warps draw from the global generator
     trainer = _make_trainer(mona_dataset["pre"])
     # a random teacher is never confident: open the thresholds so every term is non-trivial
     trainer.unsup_threshold = 0.0
@@ -167,6 +168,7 @@ def test_banks_queue_and_teacher_head_round_trip(unit_trainer, mona_dataset):
 @pytest.mark.parametrize("name", ["nnUNetTrainerMONA_noContrast", "nnUNetTrainerMONA_noEquivariance",
                                   "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix"])
 def test_variants_compute_their_terms(mona_dataset, name):
+    torch.manual_seed(0)
     trainer = _make_trainer(mona_dataset["pre"], name)
     trainer.contrast_positive_threshold = 0.0
     terms = _fake_step(trainer)
