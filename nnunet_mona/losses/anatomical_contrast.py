@@ -23,12 +23,27 @@ the unreliable valid pixels whose probability for every class other than their l
 ``max_keys_per_class`` per class chosen at random. The trainer enqueues them after the step.
 Labeled pixels: pass reliable = unreliable = all valid pixels (as MONA does), so every step
 stores ground-truth-labelled keys of every class present.
+
+ACTION options (method_spec B.3; helpers in `hard_sampling`), both off by default so MONA's path
+(and its random draws) is unchanged:
+
+* ``hard_query_threshold``: anchors only among candidates whose ``query_probs`` (default: the
+  teacher probabilities; ACTION passes the student's) for their label is below the threshold
+  (theta_s 0.97); a class with no hard candidate keeps all its candidates (fallback, reported in
+  ``diagnostics['hard_query_fallback']``);
+* ``class_relation_temperature``: hard negatives. The negative pool of class c (the same pixels
+  and bank rows as MONA's) is split by class v; each of the ``num_negatives`` slots first draws
+  v ~ softmax_v(cos(proto_c, proto_v) / temperature) over the classes v != c with a non-empty pool,
+  then a negative of class v with ``sampler``. proto_v = the positive prototype of v (mean teacher
+  embedding of its reliable pixels) or, for a class without anchors, the mean of its pool.
 """
 from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from nnunet_mona.losses.hard_sampling import (class_relation_probabilities, draw_within_classes,
+                                              sample_negative_classes, select_hard_queries)
 from nnunet_mona.losses.samplers import get_sampler
 
 
@@ -69,6 +84,49 @@ def _gather_rows(sources: List[Tuple[torch.Tensor, Optional[torch.Tensor]]], fla
     return out
 
 
+def _pool_size(sources) -> int:
+    return sum(len(t) if r is None else len(r) for t, r in sources)
+
+
+def _negative_pools_by_class(c, bank_rows, t_emb, labels, probs, unreliable, negative_threshold, num_classes):
+    """{v: sources} for v != c with a non-empty pool; together they are MONA's negative pool of c."""
+    batch_ok = unreliable & (probs[:, c] < negative_threshold)
+    pools = {}
+    for v in range(num_classes):
+        if v == c:
+            continue
+        sources = [(bank_rows[v], None)] if v in bank_rows else []
+        batch_v = torch.nonzero(batch_ok & (labels == v)).flatten()
+        if batch_v.numel():
+            sources.append((t_emb, batch_v))
+        if sources:
+            pools[v] = sources
+    return pools
+
+
+def _hard_negatives(c, pools, anchor_candidates, num_classes, temperature, n, draw, generator, dim, device):
+    """(n, D) negatives for query class c drawn class-first from the class-relation distribution.
+
+    Returns (negatives (n, D) fp32, relation (C,) probabilities, counts (C,) long drawn per class)."""
+    prototypes = torch.zeros(num_classes, dim, device=device)
+    available = torch.zeros(num_classes, dtype=torch.bool, device=device)
+    for v in range(num_classes):
+        if v in anchor_candidates:
+            prototypes[v] = anchor_candidates[v][1]
+        elif v in pools:
+            size = _pool_size(pools[v])
+            prototypes[v] = _gather_rows(pools[v], torch.arange(size, device=device), dim, device).mean(0)
+        available[v] = v in pools
+    relation = class_relation_probabilities(prototypes, available, temperature)[c]
+    classes = sample_negative_classes(relation, n, generator).to(device)
+    local = draw_within_classes(classes, {v: _pool_size(p) for v, p in pools.items()}, draw, generator)
+    negatives = torch.empty(n, dim, device=device, dtype=torch.float32)
+    for v in torch.unique(classes).tolist():
+        slots = classes == v
+        negatives[slots] = _gather_rows(pools[v], local[slots], dim, device)
+    return negatives, relation, torch.bincount(classes, minlength=num_classes)
+
+
 def select_keys_to_enqueue(teacher_emb: torch.Tensor, labels: torch.Tensor, teacher_probs: torch.Tensor,
                            unreliable_mask: torch.Tensor, negative_threshold: float = 0.97,
                            max_keys_per_class: Optional[int] = 1024,
@@ -99,7 +157,10 @@ def anatomical_contrast_loss(student_emb: torch.Tensor, teacher_emb: torch.Tenso
                              negative_threshold: float = 0.97, sampler: str = "uniform",
                              generator: Optional[torch.Generator] = None,
                              max_keys_per_class: Optional[int] = 1024,
-                             diagnostics: Optional[Dict] = None):
+                             diagnostics: Optional[Dict] = None,
+                             hard_query_threshold: Optional[float] = None,
+                             query_probs: Optional[torch.Tensor] = None,
+                             class_relation_temperature: Optional[float] = None):
     """Class-balanced pixel InfoNCE. Returns (loss scalar fp32, new_keys (M, D), new_key_labels (M,)).
 
     Args (flattened or dense; dense maps are flattened with `flatten_channel_map`/`flatten_pixel_map`):
@@ -117,7 +178,14 @@ def anatomical_contrast_loss(student_emb: torch.Tensor, teacher_emb: torch.Tenso
         max_keys_per_class: cap on returned keys per class (None = all candidates).
         diagnostics: optional dict, filled with ``valid_classes`` (list), ``anchor_indices``
             {c: (num_queries,) flat pixel indices}, ``num_anchor_candidates`` {c: int},
-            ``num_negative_candidates`` {c: int}, ``class_losses`` {c: float}.
+            ``num_negative_candidates`` {c: int}, ``class_losses`` {c: float}; with the ACTION
+            options also ``num_hard_queries`` / ``hard_query_fallback`` {c: int / bool} and
+            ``relation_probs`` {c: (C,)} / ``negative_class_counts`` {c: (C,) long}.
+        hard_query_threshold: ACTION theta_s (0.97); None = MONA (no hard-query selection).
+        query_probs: (N, C) or (B, C, *S) probabilities used for the hard-query test (detached);
+            None = ``teacher_probs``.
+        class_relation_temperature: tau_rel of the hard-negative class draw (ACTION 0.5); None =
+            MONA (negatives uniform over the pooled candidates of all other classes).
     """
     s_emb, t_emb, labels, probs, reliable, unreliable = _as_flat(student_emb, teacher_emb, labels, teacher_probs,
                                                                  reliable_mask, unreliable_mask)
@@ -125,6 +193,10 @@ def anatomical_contrast_loss(student_emb: torch.Tensor, teacher_emb: torch.Tenso
     s_emb = s_emb.float()
     t_emb = t_emb.detach().float()
     probs = probs.detach().float()
+    if query_probs is not None:
+        query_probs = (flatten_channel_map(query_probs) if query_probs.dim() > 2 else query_probs).detach().float()
+    else:
+        query_probs = probs
     labels = labels.long()
     reliable, unreliable = reliable.bool() & (labels >= 0), unreliable.bool() & (labels >= 0)
     num_classes = probs.shape[1]
@@ -150,21 +222,40 @@ def anatomical_contrast_loss(student_emb: torch.Tensor, teacher_emb: torch.Tenso
     if memory_bank is not None:
         bank_rows = {o: memory_bank.get(o) for o in range(num_classes)}
         bank_rows = {o: rows for o, rows in bank_rows.items() if len(rows)}
+    if hard_query_threshold is not None:
+        diag.update(num_hard_queries={}, hard_query_fallback={})
+    if class_relation_temperature is not None:
+        diag.update(relation_probs={}, negative_class_counts={})
     class_losses = []
     for c, (cand, prototype) in anchor_candidates.items():
-        sources = [(bank_rows[o], None) for o in range(num_classes) if o != c and o in bank_rows]
-        batch_neg = torch.nonzero(unreliable & (labels != c) & (probs[:, c] < negative_threshold)).flatten()
-        if batch_neg.numel():
-            sources.append((t_emb, batch_neg))
-        n_neg_total = sum(len(t) if r is None else len(r) for t, r in sources)
+        if class_relation_temperature is None:  # MONA: one pool of all other classes
+            sources = [(bank_rows[o], None) for o in range(num_classes) if o != c and o in bank_rows]
+            batch_neg = torch.nonzero(unreliable & (labels != c) & (probs[:, c] < negative_threshold)).flatten()
+            if batch_neg.numel():
+                sources.append((t_emb, batch_neg))
+            n_neg_total = sum(len(t) if r is None else len(r) for t, r in sources)
+        else:  # ACTION: the same candidates, one pool per class v
+            pools = _negative_pools_by_class(c, bank_rows, t_emb, labels, probs, unreliable, negative_threshold,
+                                             num_classes)
+            n_neg_total = sum(_pool_size(p) for p in pools.values())
         diag["num_negative_candidates"][c] = int(n_neg_total)
         if n_neg_total == 0:
             continue
+        if hard_query_threshold is not None:
+            cand, fell_back = select_hard_queries(cand, labels, query_probs, hard_query_threshold)
+            diag["num_hard_queries"][c] = 0 if fell_back else int(cand.numel())
+            diag["hard_query_fallback"][c] = fell_back
         anchor_idx = cand[draw(cand.numel(), num_queries, generator=generator).to(cand.device)]
-        neg_idx = draw(n_neg_total, num_queries * num_negatives, generator=generator).to(device)
+        if class_relation_temperature is None:
+            neg_idx = draw(n_neg_total, num_queries * num_negatives, generator=generator).to(device)
+            negatives = _gather_rows(sources, neg_idx, dim, device)
+        else:
+            negatives, relation, counts = _hard_negatives(c, pools, anchor_candidates, num_classes,
+                                                          class_relation_temperature,
+                                                          num_queries * num_negatives, draw, generator, dim, device)
+            diag["relation_probs"][c], diag["negative_class_counts"][c] = relation, counts
         anchors = F.normalize(s_emb[anchor_idx], dim=1)
-        negatives = F.normalize(_gather_rows(sources, neg_idx, dim, device), dim=1).view(num_queries, num_negatives,
-                                                                                        dim)
+        negatives = F.normalize(negatives, dim=1).view(num_queries, num_negatives, dim)
         positive = F.normalize(prototype, dim=0)
         logits = torch.cat([(anchors @ positive)[:, None], torch.einsum("qd,qkd->qk", anchors, negatives)], 1)
         loss_c = F.cross_entropy(logits / temperature, torch.zeros(num_queries, dtype=torch.long, device=device))
