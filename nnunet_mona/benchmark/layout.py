@@ -1,0 +1,65 @@
+"""Where the benchmark keeps everything (one output folder; nothing is written into the user's nnU-Net folders
+except the stock plans / preprocessed data of the dataset itself).
+
+Runs with different labeled counts N are kept apart by giving each N its own ``nnUNet_preprocessed`` and
+``nnUNet_results`` (set in the environment of its subprocesses; nnU-Net reads them at call time)::
+
+    OUTPUT/
+      plan_and_preprocess.log
+      labeled_N/
+        nnUNet_preprocessed/DatasetXXX_Name/   symbolic links to the shared preprocessed dataset, plus this N's
+                                               own splits_final.json (the user's splits_final.json is untouched)
+        nnUNet_results/DatasetXXX_Name/T__nnUNetPlans__2d/fold_F/   stock nnU-Net training output
+        logs/train_T.log, predict_T.log
+        records/T_train.json, T_predict.json   wall times, peak GPU memory, epoch timing
+        predictions/T/                         stock nnUNetv2_predict output for the evaluation images
+        metrics/T.json                         nnUNetv2_mona_evaluate output
+      results.json, results.md, results.png
+
+To use a trained model later with the stock commands, point ``nnUNet_results`` at ``OUTPUT/labeled_N/nnUNet_results``.
+"""
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Layout:
+    output: str
+    dataset_name: str
+    configuration: str = "2d"
+    plans: str = "nnUNetPlans"
+    fold: str = "0"
+
+    def labeled(self, n: int, *parts: str) -> str:
+        return os.path.join(self.output, f"labeled_{n}", *parts)
+
+    def preprocessed_root(self, n: int) -> str:
+        return self.labeled(n, "nnUNet_preprocessed")
+
+    def results_root(self, n: int) -> str:
+        return self.labeled(n, "nnUNet_results")
+
+    def fold_folder(self, n: int, trainer: str) -> str:
+        return os.path.join(self.results_root(n), self.dataset_name, f"{trainer}__{self.plans}__{self.configuration}",
+                            f"fold_{self.fold}")
+
+    def train_log(self, n: int, trainer: str) -> str:
+        return self.labeled(n, "logs", f"train_{trainer}.log")
+
+    def predict_log(self, n: int, trainer: str) -> str:
+        return self.labeled(n, "logs", f"predict_{trainer}.log")
+
+    def train_record(self, n: int, trainer: str) -> str:
+        return self.labeled(n, "records", f"{trainer}_train.json")
+
+    def predict_record(self, n: int, trainer: str) -> str:
+        return self.labeled(n, "records", f"{trainer}_predict.json")
+
+    def predictions(self, n: int, trainer: str) -> str:
+        return self.labeled(n, "predictions", trainer)
+
+    def metrics(self, n: int, trainer: str) -> str:
+        return self.labeled(n, "metrics", f"{trainer}.json")
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.output, name)
