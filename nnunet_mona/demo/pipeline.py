@@ -157,8 +157,8 @@ def plan_and_preprocess(s: DemoSettings) -> None:
         log("already planned and preprocessed, skipped")
         return
     run_command([command_path("nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", CONFIGURATION,
-                 "-np", str(s.num_processes), "-npfp", str(s.num_processes), "--no_pbar"], s.log_file("plan_and_preprocess"),
-                echo=_echo_all if s.verbose else None)
+                 "-np", str(s.num_processes), "-npfp", str(s.num_processes), "--no_pbar"],
+                s.log_file("plan_and_preprocess"), echo=_echo_all if s.verbose else None)
     log(f"plans: {plans}")
 
 

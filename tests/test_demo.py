@@ -1,0 +1,90 @@
+"""The demo end to end (nnUNetv2_mona_demo's pipeline) with a tiny dataset and budget: the table, the JSON and
+the figure are written, with one row per trainer and Dice values in [0, 1]; a re-run skips finished steps."""
+import json
+import os
+
+import pytest
+
+from nnunet_mona.demo import pipeline
+from nnunet_mona.demo.console import DemoError, TrainingProgress
+from nnunet_mona.demo.run_demo import DEFAULT_TRAINERS, build_parser, main, settings_from_args
+
+# everything the demo sets in os.environ; restored after the test (other tests use their own folders)
+DEMO_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_n_proc_DA",
+                 "nnUNet_def_n_proc", "nnUNet_compile")
+TINY = ["--quick", "--epochs", "1", "--iterations", "2", "--num_unlabeled", "2", "--num_test", "1",
+        "--device", "cpu"]
+
+
+@pytest.fixture
+def isolated_env(monkeypatch):
+    for var in DEMO_ENV_VARS:
+        was_set = var in os.environ
+        monkeypatch.setenv(var, os.environ.get(var, ""))  # records the original value (or its absence)
+        if not was_set:
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "1")
+    monkeypatch.setenv("nnUNet_def_n_proc", "1")
+    return monkeypatch
+
+
+def test_demo_end_to_end(tmp_path, isolated_env):
+    work = tmp_path / "demo"
+    result = main(TINY + ["-o", str(work)])
+
+    for name in ("results.md", "results.json", "comparison.png"):
+        assert (work / name).is_file() and (work / name).stat().st_size > 0, name
+    with open(work / "results.json") as f:
+        results = json.load(f)
+    classes = list(pipeline.class_names().values())
+    assert results["classes"] == classes
+    assert list(results["dice"]) == DEFAULT_TRAINERS
+    for trainer, row in results["dice"].items():
+        assert set(row) == set(classes) | {"mean"}
+        assert row["mean"] is not None
+        for value in row.values():
+            assert value is None or 0.0 <= value <= 1.0, (trainer, row)
+    table = (work / "results.md").read_text()
+    assert all(f"`{t}`" in table for t in DEFAULT_TRAINERS)
+    assert result["dice"] == results["dice"]
+
+    # a second run continues: training and prediction are skipped, the results are the same
+    again = main(TINY + ["-o", str(work)])
+    assert again["dice"] == results["dice"]
+    assert again["timings"]["train nnUNetTrainerMeanTeacher"] < 30
+
+    # another dataset in the same folder is refused, nothing is deleted
+    with pytest.raises(DemoError, match="other settings"):
+        main(TINY + ["-o", str(work), "--seed", "1"])
+    assert (work / "results.json").is_file()
+
+
+def test_demo_refuses_foreign_folder(tmp_path, isolated_env):
+    (tmp_path / "my_file.txt").write_text("not a demo")
+    with pytest.raises(DemoError, match="not a demo folder"):
+        main(TINY + ["-o", str(tmp_path)])
+    assert (tmp_path / "my_file.txt").is_file()
+
+
+def test_settings_validation():
+    with pytest.raises(DemoError, match="num_labeled"):
+        settings_from_args(build_parser().parse_args(["--num_labeled", "2", "--device", "cpu"]))
+    with pytest.raises(DemoError, match="unlabeled"):
+        settings_from_args(build_parser().parse_args(["--num_unlabeled", "0", "--device", "cpu"]))
+    s = settings_from_args(build_parser().parse_args(["--quick", "--epochs", "3", "--device", "cpu"]))
+    assert s.training.epochs == 3 and s.work_dir.endswith("nnunet_mona_demo_quick") and not s.tta
+
+
+def test_training_progress_lines():
+    progress = TrainingProgress("[MeanTeacher]", 10)
+    lines = ["2026-01-01 10:00:00.000001: Epoch 2", "2026-01-01 10:00:00.000002: Current learning rate: 0.008",
+             "2026-01-01 10:00:01.000000: loss terms {'sup': 0.5, 'unsup': 0.0123, 'confident_fraction': 0.8, "
+             "'skipped_steps': 0.0} (unsupervised ramp 1.000)",
+             "2026-01-01 10:00:01.000001: train_loss -0.4123",
+             "2026-01-01 10:00:01.000002: val_loss -0.52",
+             "2026-01-01 10:00:01.000003: Pseudo dice [np.float32(0.9101), np.float32(0.6234), np.float32(nan)]",
+             "2026-01-01 10:00:01.000004: Epoch time: 12.3 s"]
+    printed = [x for x in (progress(line) for line in lines) if x is not None]
+    assert printed == ["[MeanTeacher] epoch   3/10  train_loss -0.4123  val_loss -0.52  pseudo Dice 0.91 0.62 n/a  "
+                       "unsup 0.012  confident_fraction 0.800  12.3s"]
+    assert progress("Traceback (most recent call last):") == "[MeanTeacher] Traceback (most recent call last):"
