@@ -50,11 +50,8 @@ from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from torch import distributed as dist
 from torch import nn
 
-from nnunet_mona.data.paths import unlabeled_preprocessed_folder
 from nnunet_mona.losses.anatomical_contrast import anatomical_contrast_loss
 from nnunet_mona.losses.identity_contrast import identity_info_nce, same_case_matrix
 from nnunet_mona.losses.reconstruction import random_patch_mask, reconstruction_loss
@@ -84,17 +81,6 @@ def label_consistency_loss(embedding: torch.Tensor, labels: torch.Tensor, num_cl
                                     memory_bank=memory_bank, num_queries=num_queries, num_negatives=num_negatives,
                                     temperature=temperature, positive_threshold=0.5, negative_threshold=0.5,
                                     generator=generator, max_keys_per_class=keys_per_class)
-
-
-class _ScaledLoss(nn.Module):
-    """``weight * loss(*args)`` (the supervised weight, applied inside train_step only)."""
-
-    def __init__(self, loss: nn.Module, weight: float):
-        super().__init__()
-        self.loss, self.weight = loss, weight
-
-    def forward(self, *args):
-        return self.weight * self.loss(*args)
 
 
 class nnUNetTrainerMixCLPretrain(nnUNetTrainerSemiSupervised):
@@ -206,22 +192,11 @@ class nnUNetTrainerMixCLPretrain(nnUNetTrainerSemiSupervised):
             cases.update({i: folder for i in ids})
         return cases
 
-    def get_unlabeled_dataloader(self, labeled_ids: List[str]):
-        # Same as the base class plus extra_unlabeled_cases(); the base should offer an
-        # ``unlabeled_cases(labeled_ids)`` hook so that this copy becomes unnecessary.
-        from nnunet_mona.data.unlabeled_loader import make_unlabeled_augmenter, nnUNetUnlabeledDataLoader
-        from nnunet_mona.data.unlabeled_pool import UnlabeledImageDataset, resolve_unlabeled_cases
-        from nnunet_mona.data.unlabeled_transforms import build_unlabeled_transforms
-        from nnunet_mona.data.unlabeled_preprocessing import check_unlabeled_folder_is_current
-
-        data_identifier = self.configuration_manager.data_identifier
-        if os.path.isdir(unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base, data_identifier)):
-            check_unlabeled_folder_is_current(self.preprocessed_dataset_folder_base, self.plans_manager.plans_name,
-                                              self.configuration_name, self.plans_manager.plans)
+    def unlabeled_cases(self, labeled_ids: List[str]) -> Dict[str, str]:
+        """The base pool plus the extra unlabeled folders (other datasets, same plans)."""
         extra = self.extra_unlabeled_cases()
         try:
-            folders_by_id = resolve_unlabeled_cases(self.preprocessed_dataset_folder_base, data_identifier,
-                                                    self._fold_split_entry(), labeled_ids)
+            folders_by_id = super().unlabeled_cases(labeled_ids)
         except RuntimeError as e:  # an aggregate of other datasets may be the only unlabeled source
             if not (extra and str(e).startswith("No unlabeled case found")):
                 raise
@@ -230,36 +205,16 @@ class nnUNetTrainerMixCLPretrain(nnUNetTrainerSemiSupervised):
         if clash:
             raise RuntimeError(f"Extra unlabeled case ids {clash[:5]} are also cases of this dataset; give the "
                                f"other datasets' cases distinct ids (e.g. a dataset prefix)")
-        folders_by_id = dict(sorted({**folders_by_id, **extra}.items()))
-        if self.is_ddp:
-            ids = sorted(folders_by_id)[self.local_rank::dist.get_world_size()] or sorted(folders_by_id)
-            folders_by_id = {i: folders_by_id[i] for i in ids}
-        self.print_to_log_file(f"Unlabeled pool: {len(folders_by_id)} cases ({len(extra)} from extra folders), "
-                               f"{self.unlabeled_batch_size} unlabeled patches per iteration")
-        rotation_for_DA, do_dummy_2d_data_aug, initial_patch_size, mirror_axes = \
-            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
-        spatial, weak, strong = build_unlabeled_transforms(self.configuration_manager.patch_size, rotation_for_DA,
-                                                           mirror_axes, do_dummy_2d_data_aug)
-        loader = nnUNetUnlabeledDataLoader(UnlabeledImageDataset(folders_by_id), self.unlabeled_batch_size,
-                                           initial_patch_size, self.configuration_manager.patch_size,
-                                           spatial, weak, strong)
-        n_allowed = get_allowed_n_proc_DA()
-        n_proc = 0 if n_allowed == 0 else max(1, int(round(self.unlabeled_worker_share * n_allowed)))
-        augmenter = make_unlabeled_augmenter(loader, n_proc)
-        _ = next(augmenter)
-        return augmenter
+        self.print_to_log_file(f"Extra unlabeled folders: {len(extra)} cases")
+        return dict(sorted({**folders_by_id, **extra}.items()))
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: dict) -> dict:
-        original_loss = self.loss
-        if self.supervised_weight != 1.0:
-            self.loss = _ScaledLoss(original_loss, self.supervised_weight)
         self._teacher_step, self._pending = {}, {}
         try:
             with self.student_features.collecting(), self.teacher_features.collecting():
                 return super().train_step(batch)
         finally:
-            self.loss = original_loss
             self._teacher_step, self._pending = None, {}
 
     @torch.no_grad()

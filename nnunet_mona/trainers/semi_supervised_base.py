@@ -57,6 +57,8 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     unlabeled_batch_ratio: float = 1.0
     # sigmoid ramp-up of every unsupervised term over this fraction of num_epochs (0: none)
     unsupervised_rampup_fraction: float = 0.1
+    # weight of nnU-Net's supervised Dice+CE on the labeled part (ACTION: 0.5)
+    supervised_weight: float = 1.0
     # weight of each unsupervised term returned by compute_unlabeled_losses (missing: 1.0)
     loss_weights: Dict[str, float] = {}
     # names of the terms logged per epoch ('sup' is added automatically)
@@ -137,18 +139,26 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         splits = load_json(splits_file)
         return splits[self.fold] if self.fold < len(splits) else None
 
-    def get_unlabeled_dataloader(self, labeled_ids: List[str]):
-        from nnunet_mona.data.unlabeled_loader import make_unlabeled_augmenter, nnUNetUnlabeledDataLoader
-        from nnunet_mona.data.unlabeled_pool import UnlabeledImageDataset, resolve_unlabeled_cases
-        from nnunet_mona.data.unlabeled_transforms import build_unlabeled_transforms
+    def unlabeled_cases(self, labeled_ids: List[str]) -> Dict[str, str]:
+        """{case id: folder holding <id>.b2nd} of this fold's unlabeled pool: the split's
+        'unlabeled' list and the preprocessed imagesUnlabeled folder (checked to be current).
+        Override to add sources (e.g. other datasets); labels are never part of it."""
+        from nnunet_mona.data.unlabeled_pool import resolve_unlabeled_cases
 
         data_identifier = self.configuration_manager.data_identifier
         if os.path.isdir(unlabeled_preprocessed_folder(self.preprocessed_dataset_folder_base, data_identifier)):
             from nnunet_mona.data.unlabeled_preprocessing import check_unlabeled_folder_is_current
             check_unlabeled_folder_is_current(self.preprocessed_dataset_folder_base, self.plans_manager.plans_name,
                                               self.configuration_name, self.plans_manager.plans)
-        folders_by_id = resolve_unlabeled_cases(self.preprocessed_dataset_folder_base, data_identifier,
-                                                self._fold_split_entry(), labeled_ids)
+        return resolve_unlabeled_cases(self.preprocessed_dataset_folder_base, data_identifier,
+                                       self._fold_split_entry(), labeled_ids)
+
+    def get_unlabeled_dataloader(self, labeled_ids: List[str]):
+        from nnunet_mona.data.unlabeled_loader import make_unlabeled_augmenter, nnUNetUnlabeledDataLoader
+        from nnunet_mona.data.unlabeled_pool import UnlabeledImageDataset
+        from nnunet_mona.data.unlabeled_transforms import build_unlabeled_transforms
+
+        folders_by_id = self.unlabeled_cases(labeled_ids)
         if self.is_ddp:
             # each rank draws from its own share of the pool
             ids = rank_share(list(folders_by_id), dist.get_rank(), dist.get_world_size())
@@ -285,7 +295,7 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             sup = self.loss(out_labeled, target)
             terms = self.compute_unlabeled_losses(out_unlabeled, student_input, unlabeled, out_labeled, target)
             ramp = self.unsupervised_weight_factor()
-            total = sup
+            total = self.supervised_weight * sup
             for name, value in terms.items():
                 if name in self.diagnostic_names:
                     continue
