@@ -117,3 +117,87 @@ def test_evaluate_folders_and_command(tmp_path):
                    "-o", str(tmp_path / "m.json"), "--labels", "1", "2", "--names", "RV", "MYO"])
     assert "| RV | 100.0 |" in out
     assert json.load(open(tmp_path / "m.json"))["per_volume"]["case1"]["MYO"]["mm"]["hd95"] is None
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+BENCH_ID = 997
+TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
+
+
+@pytest.fixture(scope="module")
+def benchmark_dataset(nnunet_dirs):
+    from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
+    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=BENCH_ID, dataset_name="MonaBenchmark",
+                                    n_labeled_patients=2, n_unlabeled_patients=2, n_test_patients=1, size=(64, 64),
+                                    n_slices=2, unlabeled_as_training_cases=True, seed=3)
+    raw = os.path.join(nnunet_dirs["raw"], f"Dataset{BENCH_ID}_MonaBenchmark")
+    everything = roles["labeled"] + roles["unlabeled"]
+    for n in (1, 2):
+        train = roles["labeled"][:2 * n]  # 2 frames per patient
+        with open(os.path.join(raw, f"splits_final_{n}labeled.json"), "w") as f:
+            json.dump([{"train": train, "val": train, "unlabeled": [c for c in everything if c not in train]}], f)
+    return {"raw": raw, "roles": roles, **nnunet_dirs}
+
+
+def _bench_cmd(output):
+    return [os.path.join(BIN, "nnUNetv2_mona_benchmark"), "-d", str(BENCH_ID), "--labeled", "1", "2",
+            "--trainers", *TRAINERS, "--epochs", "1", "--iterations", "2", "--val_iterations", "1",
+            "--device", "cpu", "--parallel", "2", "--np", "1", "--disable_tta", "-o", output]
+
+
+def _bench_env():
+    env = os.environ.copy()
+    env.update({"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"})  # no augmentation workers: fast start-up
+    return env
+
+
+def test_unknown_trainer_and_missing_split_fail_fast(benchmark_dataset, tmp_path):
+    import subprocess
+    from nnunet_mona.benchmark.preparation import check_trainers
+    from nnunet_mona.benchmark.processes import BenchmarkError
+    with pytest.raises(BenchmarkError, match=r"Unknown trainer\(s\): \['nnUNetTrainerDoesNotExist'\]"):
+        check_trainers(["nnUNetTrainerBudget", "nnUNetTrainerDoesNotExist"])
+    with pytest.raises(BenchmarkError, match="nnUNetTrainerBudget"):
+        check_trainers(["nnUNetTrainer"])  # stock trainer: ignores the budget variables
+    cmd = _bench_cmd(str(tmp_path / "x"))
+    cmd[cmd.index("--labeled") + 1] = "5"
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_bench_env(), timeout=120)
+    assert proc.returncode == 1 and "splits_final_5labeled.json does not exist" in proc.stderr
+    assert not os.path.exists(tmp_path / "x")  # failed before any work
+
+
+def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
+    output = str(tmp_path / "bench")
+    first = run_cmd(_bench_cmd(output), timeout=1800, env=_bench_env())  # minutes when idle
+    for name in ("results.json", "results.md", "results.png"):
+        assert os.path.isfile(os.path.join(output, name)), (name, first[-3000:])
+    results = json.load(open(os.path.join(output, "results.json")))
+    runs = results["runs"]
+    assert sorted((r["n_labeled"], r["trainer"]) for r in runs) == sorted((n, t) for n in (1, 2) for t in TRAINERS)
+    for r in runs:
+        assert r["status"] == "ok", r
+        for protocol in ("mona", "mm"):
+            d = r["summary"][protocol]["mean"]["dice"]
+            assert 0.0 <= d <= 1.0
+        assert r["train"]["epochs_completed"] == 1 and r["train"]["seconds_per_iteration"] > 0
+        assert r["train"]["peak_gpu_memory_bytes"] is None  # CPU
+    protocol = results["protocol"]
+    assert protocol["epochs"] == 1 and protocol["iterations_per_epoch"] == 2 and protocol["device"] == "cpu"
+    assert protocol["splits"]["1"]["labeled_cases"] == 2 and protocol["splits"]["2"]["unlabeled_cases"] == 4
+    assert protocol["evaluation"]["n_volumes"] == len(benchmark_dataset["roles"]["test"])
+    # each N trained with its own split, in its own results folder; the user's preprocessed folder is untouched
+    for n in (1, 2):
+        split = json.load(open(os.path.join(output, f"labeled_{n}", "nnUNet_preprocessed",
+                                            f"Dataset{BENCH_ID}_MonaBenchmark", "splits_final.json")))
+        assert len(split[0]["train"]) == 2 * n
+    assert not os.path.exists(os.path.join(benchmark_dataset["preprocessed"], f"Dataset{BENCH_ID}_MonaBenchmark",
+                                           "splits_final.json"))
+    md = open(os.path.join(output, "results.md")).read()
+    assert md.count("| nnUNetTrainerMeanTeacher |") == 4 and "## 2 labeled patient(s)" in md  # 2 N x 2 tables
+
+    start = time.time()
+    again = run_cmd(_bench_cmd(output), timeout=300, env=_bench_env())
+    assert "RESUMED: every step was already complete, nothing was run" in again, again[-3000:]
+    assert again.count("[skip] training") == 4 and "continuing" not in again
+    assert time.time() - start < 150  # shared CI machines are slow
+    assert json.load(open(os.path.join(output, "results.json")))["runs"] == runs
