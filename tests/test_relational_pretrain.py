@@ -194,6 +194,13 @@ def test_action_encoder_stage_freezes_decoder_and_feeds_stage_two(pretrain_datas
     for k, v in tr.network.state_dict().items():
         if ".seg_layers." not in k:  # nnU-Net never transfers the 1x1 segmentation layers
             assert torch.equal(stage2.network.state_dict()[k], v), k
+    # stage ii loss = 0.5 x Dice+CE + global + local
+    _fill_queues(stage2)
+    labeled, unlabeled = _fake_batches(stage2)
+    monkeypatch.setattr(stage2, "next_unlabeled_batch", lambda: unlabeled)
+    out = stage2.train_step(labeled)
+    assert np.isclose(float(out["loss"]), 0.5 * float(out["sup"]) + float(out["global_isd"]) +
+                      float(out["local_isd"]), rtol=1e-4)
 
 
 # ---------------------------------------------------------------- end to end

@@ -5,8 +5,7 @@ attributes. Per iteration, on top of the base class's batch (labeled patches; a 
 strong view of the same unlabeled patch):
 
 * supervised: nnU-Net's deep-supervision Dice+CE on the labeled patches, times ``supervised_weight``
-  (MONA 1.0, ACTION stage ii 0.5, ACTION stage i 0). Applied here by scaling ``self.loss`` during
-  the step (the logged 'sup' is then weighted) unless the base class weights it itself.
+  (MONA 1.0, ACTION stage ii 0.5, ACTION stage i 0; applied by the base class, 'sup' is logged unweighted).
 * ``global_isd``: student query q = predictor(projector(GAP(bottleneck))), bottleneck =
   ``encoder.stages[-1]`` on the strong view; teacher key k = EMA projector(GAP(teacher bottleneck))
   on the weak view. Loss KL(softmax(cos(k, Q)/tau_t) || softmax(cos(q, Q)/tau_s)) over a FIFO queue
@@ -70,23 +69,6 @@ from nnunet_mona.modules.projection_heads import PixelProjectionHead, Projection
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 
 
-class _WeightedLoss(nn.Module):
-    """``weight * loss(*args)``: the supervised weight, swapped in for the training step only."""
-
-    def __init__(self, loss: nn.Module, weight: float):
-        super().__init__()
-        self.loss, self.weight = loss, weight
-
-    def forward(self, *args):
-        return self.weight * self.loss(*args)
-
-
-def _base_applies_supervised_weight() -> bool:
-    """True once the base class weights nnU-Net's Dice+CE itself (its own ``supervised_weight``):
-    then the weight must not be applied a second time here."""
-    return "supervised_weight" in vars(nnUNetTrainerSemiSupervised)
-
-
 class WindowProjector(nn.Module):
     """Per-window projector: (N, C * p^d) flattened windows -> (N, out * p^d), 1x1 convs on (N, C, p, ...)."""
 
@@ -106,7 +88,7 @@ class WindowProjector(nn.Module):
 class nnUNetTrainerMONAPretrain(nnUNetTrainerSemiSupervised):
     """MONA stage 1: 1.0 x Dice+CE + global ISD + local ISD (method_spec A.2, intended version)."""
 
-    supervised_weight: float = 1.0
+    supervised_weight = 1.0
     train_decoder: bool = True
     use_global: bool = True
     use_local: bool = True
@@ -224,22 +206,18 @@ class nnUNetTrainerMONAPretrain(nnUNetTrainerSemiSupervised):
                                                           decay=self.ema_decay, warmup=self.ema_warmup)
             state["local_queue"] = FeatureQueue(dim, capacity * n_windows)
         self.relational_state = nn.ModuleDict(state).to(self.device)
-        self.print_to_log_file(f"Relational pre-training: queue {capacity} images "
-                               f"({self.local_window()[3]} windows each for the local term), "
+        local = f" ({self.local_window()[3]} windows each for the local term)" if self.uses("local_isd") else ""
+        self.print_to_log_file(f"Relational pre-training: queue {capacity} images{local}, "
                                f"supervised weight {self.supervised_weight}, train_decoder {self.train_decoder}")
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: dict) -> dict:
-        original_loss = self.loss
-        if self.supervised_weight != 1.0 and not _base_applies_supervised_weight():
-            self.loss = _WeightedLoss(original_loss, self.supervised_weight)
         self._labeled_images = batch["data"].to(self.device, non_blocking=True)
         self._teacher_step, self._pending = {}, {}
         try:
             with self.student_features.collecting():
                 return super().train_step(batch)
         finally:
-            self.loss = original_loss
             self._labeled_images, self._teacher_step, self._pending = None, None, {}
 
     def _local_windows(self, x: torch.Tensor) -> torch.Tensor:
