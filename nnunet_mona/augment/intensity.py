@@ -10,7 +10,7 @@ drawn per sample (the same value for all channels of one sample), each operation
 to a sample with its own probability, independently of the other samples.
 """
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F

@@ -9,7 +9,6 @@ so that image content and its (pseudo-)supervision never disagree.
 Everything is vectorised over the batch (no Python loop over samples, no host round trip) and
 works on any device; randomness comes from the optional ``generator`` argument.
 """
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch

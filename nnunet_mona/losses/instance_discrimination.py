@@ -56,7 +56,6 @@ def window_embeddings(x: torch.Tensor, window: Union[int, Sequence[int]], stride
     b, c = x.shape[:2]
     for d in range(nd):  # -> (B, C, n_1, ..., n_nd, w_1, ..., w_nd)
         x = x.unfold(2 + d, window[d], stride[d])
-    n_windows = x.shape[2:2 + nd]
     order = [0, *range(2, 2 + nd), 1, *range(2 + nd, 2 + 2 * nd)]  # (B, n..., C, w...)
     x = x.permute(order).reshape(-1, c, *window)
     pooled = F.adaptive_avg_pool2d(x, pool) if nd == 2 else F.adaptive_avg_pool3d(x, pool)
