@@ -4,8 +4,9 @@ nnUNetTrainerACTION is nnUNetTrainerMONA with ACTION's loss:
 
     L = 0.5 * (Dice + CE) + L_unsup + 0.01 * L_anco
 
-* supervised: nnU-Net's deep-supervision Dice+CE scaled by ``supervised_weight`` 0.5 (a wrapper
-  around the loss built by nnU-Net, so the logged 'sup' and the validation loss are scaled too);
+* supervised: nnU-Net's deep-supervision Dice+CE scaled by ``supervised_weight`` 0.5, exactly once:
+  by the base trainer's train_step when it has its own ``supervised_weight`` attribute, otherwise
+  by wrapping the loss built by nnU-Net (then the logged 'sup' and the validation loss are scaled);
 * L_unsup: MONA's confidence-weighted pseudo-label CE on the mixed (cutmix) strong view (identical
   in ACTION's code, threshold 0.97);
 * L_anco: the shared `anatomical_contrast_loss` with ACTION's two options:
@@ -33,6 +34,12 @@ from torch import nn
 
 from nnunet_mona.losses.anatomical_contrast import anatomical_contrast_loss
 from nnunet_mona.trainers.mona import nnUNetTrainerMONA, resize_nearest
+from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
+
+
+def base_applies_supervised_weight() -> bool:
+    """True when the base trainer itself multiplies nnU-Net's loss by ``supervised_weight``."""
+    return "supervised_weight" in vars(nnUNetTrainerSemiSupervised)
 
 
 class ScaledLoss(nn.Module):
@@ -66,7 +73,10 @@ class nnUNetTrainerACTION(nnUNetTrainerMONA):
     _student_labeled_logits: Optional[torch.Tensor] = None  # (N_l, K, *P), set during a step
 
     def _build_loss(self):
-        return ScaledLoss(super()._build_loss(), self.supervised_weight)
+        loss = super()._build_loss()
+        if base_applies_supervised_weight() or self.supervised_weight == 1.0:
+            return loss
+        return ScaledLoss(loss, self.supervised_weight)
 
     def compute_unlabeled_losses(self, student_outputs_unlabeled, student_input, unlabeled, labeled_outputs,
                                  labeled_target) -> Dict[str, torch.Tensor]:
