@@ -4,9 +4,8 @@ nnUNetTrainerACTION is nnUNetTrainerMONA with ACTION's loss:
 
     L = 0.5 * (Dice + CE) + L_unsup + 0.01 * L_anco
 
-* supervised: nnU-Net's deep-supervision Dice+CE scaled by ``supervised_weight`` 0.5, exactly once:
-  by the base trainer's train_step when it has its own ``supervised_weight`` attribute, otherwise
-  by wrapping the loss built by nnU-Net (then the logged 'sup' and the validation loss are scaled);
+* supervised: nnU-Net's deep-supervision Dice+CE, weighted by the base trainer's
+  ``supervised_weight`` = 0.5 in its train_step (the logged 'sup' and the validation loss stay unweighted);
 * L_unsup: MONA's confidence-weighted pseudo-label CE on the mixed (cutmix) strong view (identical
   in ACTION's code, threshold 0.97);
 * L_anco: the shared `anatomical_contrast_loss` with ACTION's two options:
@@ -30,34 +29,15 @@ their checkpoint with ``-pretrained_weights``.
 from typing import Dict, Optional
 
 import torch
-from torch import nn
 
 from nnunet_mona.losses.anatomical_contrast import anatomical_contrast_loss
 from nnunet_mona.trainers.mona import nnUNetTrainerMONA, resize_nearest
-from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
-
-
-def base_applies_supervised_weight() -> bool:
-    """True when the base trainer itself multiplies nnU-Net's loss by ``supervised_weight``."""
-    return "supervised_weight" in vars(nnUNetTrainerSemiSupervised)
-
-
-class ScaledLoss(nn.Module):
-    """``factor * loss(*args)``: weights nnU-Net's supervised loss without touching the base train_step."""
-
-    def __init__(self, loss: nn.Module, factor: float):
-        super().__init__()
-        self.loss = loss
-        self.factor = float(factor)
-
-    def forward(self, *args, **kwargs) -> torch.Tensor:
-        return self.factor * self.loss(*args, **kwargs)
 
 
 class nnUNetTrainerACTION(nnUNetTrainerMONA):
     """ACTION fine-tuning: 0.5 (Dice + CE) + unsup + 0.01 anatomical contrast with hard queries/negatives."""
 
-    supervised_weight: float = 0.5
+    supervised_weight = 0.5  # base trainer: total = supervised_weight * sup + ...
     use_nn = False
     use_equivariance = False
     # ---- anatomical contrast, ACTION code values (method_spec B.3)
@@ -71,12 +51,6 @@ class nnUNetTrainerACTION(nnUNetTrainerMONA):
     loss_weights = {"unsup": 1.0, "contrast": 0.01}
     loss_term_names = ("unsup", "contrast", "confident_fraction")
     _student_labeled_logits: Optional[torch.Tensor] = None  # (N_l, K, *P), set during a step
-
-    def _build_loss(self):
-        loss = super()._build_loss()
-        if base_applies_supervised_weight() or self.supervised_weight == 1.0:
-            return loss
-        return ScaledLoss(loss, self.supervised_weight)
 
     def compute_unlabeled_losses(self, student_outputs_unlabeled, student_input, unlabeled, labeled_outputs,
                                  labeled_target) -> Dict[str, torch.Tensor]:
