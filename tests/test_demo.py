@@ -68,7 +68,7 @@ def test_demo_refuses_foreign_folder(tmp_path, isolated_env):
 
 def test_settings_validation():
     with pytest.raises(DemoError, match="num_labeled"):
-        settings_from_args(build_parser().parse_args(["--num_labeled", "2", "--device", "cpu"]))
+        settings_from_args(build_parser().parse_args(["--num_labeled", "0", "--device", "cpu"]))
     with pytest.raises(DemoError, match="unlabeled"):
         settings_from_args(build_parser().parse_args(["--num_unlabeled", "0", "--device", "cpu"]))
     s = settings_from_args(build_parser().parse_args(["--quick", "--epochs", "3", "--device", "cpu"]))

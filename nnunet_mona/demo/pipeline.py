@@ -14,7 +14,8 @@ from nnunet_mona.demo.synthetic_dataset import LABELS, write_synthetic_dataset
 DATASET_ID = 980
 DATASET_NAME = "MonaDemo"
 CONFIGURATION = "2d"
-FOLD = "0"
+# nnU-Net's fold "all": train on every labeled case (val = train), as a user with few labels would
+FOLD = "all"
 MARKER = "nnunet_mona_demo.json"  # what this folder holds; written first, so an interrupted demo has it too
 # folders / files the demo creates inside its work folder (the only things --overwrite deletes)
 OWNED = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "logs", "results.md",

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device for training and prediction; auto = cuda if available, else cpu")
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic dataset")
     parser.add_argument("--num_labeled", type=int, default=None,
-                        help=f"labeled patients (2 frames each; at least 3, nnU-Net's 5-fold split needs 5 cases). "
+                        help=f"labeled patients (2 frames each; all of them train, nnU-Net's fold 'all'). "
                              f"Default: {d['num_labeled']}")
     parser.add_argument("--num_unlabeled", type=int, default=None,
                         help=f"unlabeled patients (imagesUnlabeled). Default: {d['num_unlabeled']}")
@@ -88,8 +88,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
                               num_slices=preset["num_slices"], seed=args.seed)
     training = TrainingSettings(epochs=pick("epochs"), iterations=pick("iterations"),
                                 val_iterations=preset["val_iterations"])
-    if dataset.num_labeled < 3:
-        raise DemoError("--num_labeled must be >= 3 (2 frames per patient; nnU-Net's 5-fold split needs 5 cases)")
+    if dataset.num_labeled < 1:
+        raise DemoError("--num_labeled must be >= 1")
     if dataset.num_test < 1 or dataset.num_unlabeled < 0:
         raise DemoError("--num_test must be >= 1 and --num_unlabeled >= 0")
     if training.epochs < 1 or training.iterations < 1:

@@ -137,9 +137,11 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
     patient = 0
     plan = [("labeled", n_labeled_patients), ("unlabeled", n_unlabeled_patients), ("test", n_test_patients)]
     for role, count in plan:
-        for _ in range(count):
+        for index in range(count):
             patient += 1
-            anatomy = sample_anatomy(rng, size, lesion_probability)
+            # the rare class must be annotated somewhere: the first labeled patient always shows it
+            forced = role == "labeled" and index == 0 and lesion_probability > 0
+            anatomy = sample_anatomy(rng, size, 1.0 if forced else lesion_probability)
             for frame in range(1, frames_per_patient + 1):
                 cid = case_id(patient, frame)
                 image, label = synthesize_case(rng, anatomy, 1.0 - 0.12 * (frame - 1), n_slices, size)
