@@ -290,9 +290,9 @@ class nnUNetTrainerMixCLPretrain(nnUNetTrainerSemiSupervised):
     def after_optimizer_step(self, step_state: dict) -> None:
         if "identity_keys" in self._pending:
             self.mixcl_state["key_projector"].update(self.auxiliary_modules["identity_projector"])
-            self.mixcl_state["identity_queue"].enqueue(self._pending["identity_keys"])
+            self.mixcl_state["identity_queue"].enqueue(self.keys_from_all_ranks(self._pending["identity_keys"]))
         if "label_keys" in self._pending:
-            self.mixcl_state["label_bank"].enqueue(*self._pending["label_keys"])
+            self.mixcl_state["label_bank"].enqueue(*self.keys_from_all_ranks(*self._pending["label_keys"]))
 
     # ------------------------------------------------------------------ checkpoints
     def extra_checkpoint_state(self) -> dict:

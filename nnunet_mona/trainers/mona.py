@@ -303,9 +303,9 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         if self.needs_features:
             self.mona_state["teacher_head"].update(self.auxiliary_modules["head"])
         if "class_keys" in self._pending:
-            self.mona_state["class_bank"].enqueue(*self._pending["class_keys"])
+            self.mona_state["class_bank"].enqueue(*self.keys_from_all_ranks(*self._pending["class_keys"]))
         if "nn_keys" in self._pending:  # after the loss: a teacher embedding is not its own neighbour
-            self.mona_state["nn_queue"].enqueue(self._pending["nn_keys"])
+            self.mona_state["nn_queue"].enqueue(self.keys_from_all_ranks(self._pending["nn_keys"]))
         self._pending = {}
 
     # ------------------------------------------------------------------ checkpoints

@@ -279,7 +279,7 @@ class nnUNetTrainerMONAPretrain(nnUNetTrainerSemiSupervised):
         for term in ("global", "local"):
             if term in self._pending:
                 self.relational_state[f"{term}_teacher_projector"].update(self.auxiliary_modules[f"{term}_projector"])
-                self.relational_state[f"{term}_queue"].enqueue(self._pending[term])
+                self.relational_state[f"{term}_queue"].enqueue(self.keys_from_all_ranks(self._pending[term]))
         self._pending = {}
 
     # ------------------------------------------------------------------ checkpoints

@@ -32,7 +32,7 @@ from torch import distributed as dist
 
 from nnunet_mona.data.paths import unlabeled_preprocessed_folder
 from nnunet_mona.trainers.budget import apply_budget_from_environment, seed_from_environment
-from nnunet_mona.modules.distributed import average_gradients_, broadcast_module_, rank_share
+from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
 
@@ -272,6 +272,13 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
 
     def after_optimizer_step(self, step_state: dict) -> None:
         """Hook after the optimizer step and the EMA update (memory-bank enqueue...)."""
+
+    @staticmethod
+    def keys_from_all_ranks(*tensors: torch.Tensor):
+        """Memory-bank / queue keys of every DDP rank, in rank order (identity on one process), so
+        that banks stay identical across ranks. Each tensor (N_r, ...) -> (sum_r N_r, ...)."""
+        gathered = tuple(all_gather_concat(t.contiguous()) for t in tensors)
+        return gathered if len(gathered) > 1 else gathered[0]
 
     def train_step(self, batch: dict) -> dict:
         data = batch["data"].to(self.device, non_blocking=True)
