@@ -1,5 +1,6 @@
 """nnUNetv2_mona_benchmark / nnUNetv2_mona_evaluate: metric properties (fast) and one tiny end-to-end run on CPU
-(plan -> train 2 trainers x 2 labeled counts -> predict -> evaluate -> report), then a resume that skips everything."""
+(plan -> train 2 trainers x 2 labeled counts -> predict -> evaluate -> report), then a resume that skips everything,
+then one pretraining chain (MixCL pretraining + nnUNetTrainerBudget) for one labeled count."""
 import json
 import os
 import sys
@@ -119,6 +120,32 @@ def test_evaluate_folders_and_command(tmp_path):
     assert json.load(open(tmp_path / "m.json"))["per_volume"]["case1"]["MYO"]["mm"]["hd95"] is None
 
 
+# ------------------------------------------------------------------------------------------------ chains
+def test_chain_specs_and_layout():
+    from nnunet_mona.benchmark.chains import check_specs, row_name
+    from nnunet_mona.benchmark.layout import Layout
+    from nnunet_mona.benchmark.processes import BenchmarkError
+    specs = ["nnUNetTrainerBudget", "nnUNetTrainerMixCLPretrain+nnUNetTrainerBudget",
+             "nnUNetTrainerACTIONPretrainEncoder+nnUNetTrainerACTIONPretrain+nnUNetTrainerACTION"]
+    assert check_specs(specs) == ["nnUNetTrainerBudget", "nnUNetTrainerMixCLPretrain", "nnUNetTrainerACTIONPretrainEncoder",
+                                  "nnUNetTrainerACTIONPretrain", "nnUNetTrainerACTION"]
+    assert row_name(specs[1]) == "nnUNetTrainerMixCLPretrain + nnUNetTrainerBudget" and row_name(specs[0]) == specs[0]
+    for bad, message in ((["A+B", "A+B"], "Duplicate"), (["A++B"], "Empty"), (["+A"], "Empty"), (["A+ B"], "Empty"),
+                         (["A+B+A"], "twice")):
+        with pytest.raises(BenchmarkError, match=message):
+            check_specs(bad)
+    lay = Layout("/out", "Dataset1_X")
+    single, chain = lay.run_paths(3, specs[0]), lay.run_paths(3, specs[1])
+    # a single trainer keeps the old layout; a chain has its own nnUNet_results, its last stage is evaluated
+    assert single.fold_folder("nnUNetTrainerBudget") == lay.fold_folder(3, "nnUNetTrainerBudget")
+    assert (single.predictions, single.metrics) == (lay.predictions(3, specs[0]), lay.metrics(3, specs[0]))
+    assert chain.results_root == f"/out/labeled_3/chains/{specs[1]}/nnUNet_results"
+    assert chain.fold_folder("nnUNetTrainerBudget").startswith(chain.results_root + "/Dataset1_X/nnUNetTrainerBudget__")
+    assert chain.final == "nnUNetTrainerBudget" and chain.predictions.startswith(chain.results_root[:-len("nnUNet_results")])
+    assert len({single.metrics, chain.metrics, single.train_log("nnUNetTrainerBudget"),
+                chain.train_log("nnUNetTrainerBudget")}) == 4
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 BENCH_ID = 997
 TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
@@ -201,3 +228,24 @@ def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
     assert again.count("[skip] training") == 4 and "continuing" not in again
     assert time.time() - start < 150  # shared CI machines are slow
     assert json.load(open(os.path.join(output, "results.json")))["runs"] == runs
+
+    # a pretraining chain for one N: its own results folder; the plain nnUNetTrainerBudget row is not retrained
+    chain = "nnUNetTrainerMixCLPretrain+nnUNetTrainerBudget"
+    plain = os.path.join(output, "labeled_1", "nnUNet_results", f"Dataset{BENCH_ID}_MonaBenchmark",
+                         "nnUNetTrainerBudget__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth")
+    plain_mtime = os.path.getmtime(plain)
+    cmd = _bench_cmd(output)
+    cmd[cmd.index("--labeled") + 1:cmd.index("--epochs")] = ["1", "--trainers", "nnUNetTrainerBudget", chain]
+    third = run_cmd(cmd, timeout=600, env=_bench_env())
+    rows = {r["trainer"]: r for r in json.load(open(os.path.join(output, "results.json")))["runs"]}
+    row = rows["nnUNetTrainerMixCLPretrain + nnUNetTrainerBudget"]
+    assert row["status"] == "ok", (row, third[-3000:])
+    assert 0.0 <= row["summary"]["mona"]["mean"]["dice"] <= 1.0
+    chain_root = os.path.join(output, "labeled_1", "chains", chain, "nnUNet_results")
+    assert row["fold_folder"].startswith(chain_root) and rows["nnUNetTrainerBudget"]["fold_folder"] == os.path.dirname(plain)
+    assert os.path.getmtime(plain) == plain_mtime and "[skip] training" in third
+    assert [s["stage"] for s in row["train"]["stages"]] == chain.split("+")
+    log = open(row["train_log"]).read()
+    pretrained = os.path.join(chain_root, f"Dataset{BENCH_ID}_MonaBenchmark",
+                              "nnUNetTrainerMixCLPretrain__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth")
+    assert f"Loading pretrained weights from file  {pretrained}" in log, log[-3000:]

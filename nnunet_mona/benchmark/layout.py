@@ -14,12 +14,18 @@ Runs with different labeled counts N are kept apart by giving each N its own ``n
         records/T_train.json, T_predict.json   wall times, peak GPU memory, epoch timing
         predictions/T/                         stock nnUNetv2_predict output for the evaluation images
         metrics/T.json                         nnUNetv2_mona_evaluate output
+        chains/A+B/                            a pretraining chain A+B (:mod:`nnunet_mona.benchmark.chains`): the
+                                               same nnUNet_results / logs / records / predictions / metrics
+                                               layout, one training per stage, kept apart from the rows that
+                                               train A or B alone (nnU-Net names its results folder by trainer)
       results.json, results.md, results.png
 
 To use a trained model later with the stock commands, point ``nnUNet_results`` at ``OUTPUT/labeled_N/nnUNet_results``.
 """
 import os
 from dataclasses import dataclass
+
+from nnunet_mona.benchmark.chains import is_chain, stages
 
 
 @dataclass(frozen=True)
@@ -63,3 +69,59 @@ class Layout:
 
     def file(self, name: str) -> str:
         return os.path.join(self.output, name)
+
+    def run_paths(self, n: int, spec: str) -> "RunPaths":
+        """Paths of one row (a trainer or a chain ``A+B``) for ``n`` labeled patients."""
+        base = self.labeled(n, "chains", spec) if is_chain(spec) else self.labeled(n)
+        return RunPaths(self, base, spec)
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Paths of one benchmark row below ``base`` (``labeled_N`` for a single trainer, ``labeled_N/chains/<spec>``
+    for a chain). Per-stage paths take the stage's trainer name; prediction and metrics belong to the last stage."""
+    layout: Layout
+    base: str
+    spec: str
+
+    @property
+    def stages(self):
+        return stages(self.spec)
+
+    @property
+    def final(self) -> str:
+        return self.stages[-1]
+
+    def _at(self, *parts: str) -> str:
+        return os.path.join(self.base, *parts)
+
+    @property
+    def results_root(self) -> str:
+        return self._at("nnUNet_results")
+
+    def fold_folder(self, stage: str) -> str:
+        lay = self.layout
+        return os.path.join(self.results_root, lay.dataset_name, f"{stage}__{lay.plans}__{lay.configuration}",
+                            f"fold_{lay.fold}")
+
+    def train_log(self, stage: str) -> str:
+        return self._at("logs", f"train_{stage}.log")
+
+    def train_record(self, stage: str) -> str:
+        return self._at("records", f"{stage}_train.json")
+
+    @property
+    def predict_log(self) -> str:
+        return self._at("logs", f"predict_{self.final}.log")
+
+    @property
+    def predict_record(self) -> str:
+        return self._at("records", f"{self.final}_predict.json")
+
+    @property
+    def predictions(self) -> str:
+        return self._at("predictions", self.final)
+
+    @property
+    def metrics(self) -> str:
+        return self._at("metrics", f"{self.final}.json")

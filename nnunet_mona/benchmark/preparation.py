@@ -215,7 +215,7 @@ def preprocess_unlabeled(raw_folder: str, dataset_id: str, plans: str, configura
 
 
 def install_split(layout: Layout, n: int, shared_preprocessed: str, folds: list, fold: int, trainers: Sequence[str]) -> str:
-    """Make ``OUTPUT/labeled_N/nnUNet_preprocessed/DatasetXXX``: links to every entry of the shared preprocessed
+    """Make ``OUTPUT/labeled_N/nnUNet_preprocessed/DatasetXXX`` (``trainers``: the trainer specs, chains included): links to every entry of the shared preprocessed
     dataset folder except its split files, and this N's ``splits_final.json``. Refuses to change the split of a
     folder that already holds trainings (their results would mix two splits). Returns the folder."""
     target = os.path.join(layout.preprocessed_root(n), layout.dataset_name)
@@ -236,7 +236,8 @@ def install_split(layout: Layout, n: int, shared_preprocessed: str, folds: list,
         with open(splits_file) as f:
             installed = json.load(f)
         if split_digest(installed, fold) != split_digest(folds, fold) and \
-                any(os.path.isdir(layout.fold_folder(n, t)) for t in trainers):
+                any(os.path.isdir(layout.run_paths(n, spec).fold_folder(stage))
+                    for spec in trainers for stage in layout.run_paths(n, spec).stages):
             raise BenchmarkError(f"The split for {n} labeled patient(s) differs from the one the runs in "
                                  f"{layout.labeled(n)} were trained with. Use another output folder (-o).")
     with open(splits_file + ".tmp", "w") as f:

@@ -43,6 +43,10 @@ def protocol_lines(results: dict) -> List[str]:
         "- s/iteration: mean epoch time / training iterations per epoch (an epoch includes its validation "
         "iterations); peak GPU memory: torch.cuda.max_memory_allocated of the training process",
     ]
+    if any(" + " in t for t in p["trainers"]):
+        lines.append("- pretraining chains (A + B): every stage trains the budget above, starting from the previous "
+                     "stage's checkpoint_final.pth; the last stage is evaluated; s/iteration of the last stage, "
+                     "training wall time summed over the stages, peak GPU memory the largest of any stage")
     for n, split in p["splits"].items():
         lines.append(f"- {n} labeled: {split['labeled_cases']} labeled case(s), {split['unlabeled_cases']} "
                      f"unlabeled case(s) in the split; split file {split['source']} (sha {split['digest']})")

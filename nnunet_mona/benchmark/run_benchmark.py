@@ -6,7 +6,9 @@ evaluation images, :mod:`nnunet_mona.benchmark.evaluate` (MONA protocol and mm),
 
 Resumable: a step whose outputs are complete is skipped (training: checkpoint_final.pth; prediction: every
 evaluation case predicted and its record written; evaluation: the metrics JSON); an interrupted training continues
-with ``--c`` from checkpoint_latest.pth. Folder layout: :mod:`nnunet_mona.benchmark.layout`.
+with ``--c`` from checkpoint_latest.pth. A pretraining chain ``A+B`` (:mod:`nnunet_mona.benchmark.chains`) trains
+its stages in order, each from the previous stage's final checkpoint, and resumes per stage (a stage whose
+predecessor was trained again starts over). Folder layout: :mod:`nnunet_mona.benchmark.layout`.
 """
 import argparse
 import os
@@ -17,11 +19,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from nnunet_mona.benchmark import preparation as prep
 from nnunet_mona.benchmark.evaluate import PROTOCOLS, evaluate_folders, save_json
-from nnunet_mona.benchmark.layout import Layout
+from nnunet_mona.benchmark.chains import check_specs, is_chain, row_name
+from nnunet_mona.benchmark.layout import Layout, RunPaths
 from nnunet_mona.benchmark.processes import BenchmarkError, EpochProgress, command_path, run_logged, say
 from nnunet_mona.benchmark.published import is_acdc_like, published_rows
 from nnunet_mona.benchmark.report import bar_chart, markdown
@@ -46,11 +49,10 @@ class Benchmark:
         self.steps_run: List[str] = []
         self._lock = threading.Lock()
 
-    def env_for(self, n: int) -> Dict[str, str]:
+    def env_for(self, n: int, results_root: str) -> Dict[str, str]:
         a = self.args
         env = dict(os.environ)
-        env.update({"nnUNet_preprocessed": self.layout.preprocessed_root(n),
-                    "nnUNet_results": self.layout.results_root(n),
+        env.update({"nnUNet_preprocessed": self.layout.preprocessed_root(n), "nnUNet_results": results_root,
                     "nnUNet_mona_epochs": str(a.epochs), "nnUNet_mona_iterations": str(a.iterations)})
         if a.val_iterations is not None:
             env["nnUNet_mona_val_iterations"] = str(a.val_iterations)
@@ -62,96 +64,130 @@ class Benchmark:
         with self._lock:
             self.steps_run.append(step)
 
-    def train(self, n: int, trainer: str, prefix: str) -> None:
-        lay, a = self.layout, self.args
-        fold_folder = lay.fold_folder(n, trainer)
+    def train(self, n: int, paths: RunPaths, prefix: str) -> None:
+        """Train every stage of the row in order; a stage whose predecessor was (re)trained now starts over."""
+        previous, redo = None, False
+        for stage in paths.stages:
+            pretrained = os.path.join(paths.fold_folder(previous), "checkpoint_final.pth") if previous else None
+            redo = self.train_stage(n, paths, stage, pretrained, redo, prefix)
+            previous = stage
+
+    def train_stage(self, n: int, paths: RunPaths, stage: str, pretrained: Optional[str], restart: bool,
+                    prefix: str) -> bool:
+        """Train one stage (from ``pretrained`` when given); ``restart`` discards an earlier training of it.
+        Returns whether it trained (then every later stage, prediction and evaluation are stale)."""
+        a = self.args
+        fold_folder = paths.fold_folder(stage)
+        if paths.spec != stage:
+            prefix = f"{prefix} stage {stage.replace('nnUNetTrainer', '') or stage}:"
+        if restart and os.path.isdir(fold_folder):
+            say(f"{prefix} the previous stage was retrained: training this stage again from its new weights")
+            shutil.rmtree(fold_folder)
         if os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")):
             say(f"{prefix} [skip] training: checkpoint_final.pth exists")
-            return
+            return False
         # anything predicted or evaluated before belongs to an older model
-        for stale in (lay.predictions(n, trainer), lay.predict_record(n, trainer), lay.metrics(n, trainer),
-                      lay.train_record(n, trainer)):
+        for stale in (paths.predictions, paths.predict_record, paths.metrics, paths.train_record(stage)):
             if os.path.isdir(stale):
                 shutil.rmtree(stale)
             elif os.path.isfile(stale):
                 os.remove(stale)
+        lay = self.layout
         cmd = [sys.executable, "-m", "nnunet_mona.benchmark.train_and_measure", lay.dataset_name, lay.configuration,
-               lay.fold, "-tr", trainer, "-p", lay.plans, "-device", a.device, "--record", lay.train_record(n, trainer),
+               lay.fold, "-tr", stage, "-p", lay.plans, "-device", a.device, "--record", paths.train_record(stage),
                "--iterations_per_epoch", str(a.iterations)]
         resumed = os.path.isfile(os.path.join(fold_folder, "checkpoint_latest.pth"))
         if resumed:
-            cmd.append("--c")
+            cmd.append("--c")  # the checkpoint holds the pretrained start already (nnU-Net refuses both)
+        elif pretrained:
+            cmd += ["-pretrained_weights", pretrained]
         say(f"{prefix} {'continuing the interrupted training (--c)' if resumed else 'training'}: "
-            f"{a.epochs} x {a.iterations} iterations  (log: {lay.train_log(n, trainer)})")
+            f"{a.epochs} x {a.iterations} iterations  (log: {paths.train_log(stage)})")
         self._ran("train")
-        run_logged(cmd, lay.train_log(n, trainer), self.env_for(n), prefix, EpochProgress(a.epochs))
+        run_logged(cmd, paths.train_log(stage), self.env_for(n, paths.results_root), prefix,
+                   EpochProgress(a.epochs))
+        return True
 
-    def train_record(self, n: int, trainer: str) -> dict:
+    def stage_record(self, paths: RunPaths, stage: str) -> dict:
         """The wrapper's record, or (trained elsewhere / killed during nnU-Net's final validation) the timing from
         the checkpoint with unknown memory and wall time."""
-        path = self.layout.train_record(n, trainer)
+        path = paths.train_record(stage)
         if os.path.isfile(path):
             return _load_json(path)
         from nnunet_mona.benchmark.train_and_measure import epoch_timing
-        final = os.path.join(self.layout.fold_folder(n, trainer), "checkpoint_final.pth")
+        final = os.path.join(paths.fold_folder(stage), "checkpoint_final.pth")
         return {"peak_gpu_memory_bytes": None, "wall_seconds_this_segment": None,
                 "note": "no record of the training process; timing from the checkpoint",
                 **epoch_timing(final, self.args.iterations)}
 
-    def predict(self, n: int, trainer: str, prefix: str) -> None:
+    def train_record(self, paths: RunPaths) -> dict:
+        """The final stage's record; for a chain with ``stages`` (every stage's record), the wall time summed over
+        the stages and the largest peak GPU memory of any stage."""
+        if len(paths.stages) == 1:
+            return self.stage_record(paths, paths.final)
+        records = [dict(self.stage_record(paths, stage), stage=stage) for stage in paths.stages]
+        walls = [r.get("wall_seconds_this_segment") for r in records]
+        peaks = [r.get("peak_gpu_memory_bytes") for r in records if r.get("peak_gpu_memory_bytes") is not None]
+        return dict(records[-1], stages=records, final_stage_wall_seconds=walls[-1],
+                    wall_seconds_this_segment=None if None in walls else round(sum(walls), 1),
+                    peak_gpu_memory_bytes=max(peaks) if peaks else None)
+
+    def predict(self, n: int, paths: RunPaths, prefix: str) -> None:
         lay, a = self.layout, self.args
-        out = lay.predictions(n, trainer)
+        out = paths.predictions
         complete = all(os.path.isfile(os.path.join(out, c + a.file_ending)) for c in self.eval_cases)
-        if complete and os.path.isfile(lay.predict_record(n, trainer)):
+        if complete and os.path.isfile(paths.predict_record):
             say(f"{prefix} [skip] prediction: all {len(self.eval_cases)} evaluation cases predicted")
             return
-        if os.path.isfile(lay.metrics(n, trainer)):
-            os.remove(lay.metrics(n, trainer))
+        if os.path.isfile(paths.metrics):
+            os.remove(paths.metrics)
         cmd = [command_path("nnUNetv2_predict"), "-i", self.eval_images, "-o", out, "-d", lay.dataset_name,
-               "-c", lay.configuration, "-p", lay.plans, "-tr", trainer, "-f", lay.fold, "-device", a.device,
+               "-c", lay.configuration, "-p", lay.plans, "-tr", paths.final, "-f", lay.fold, "-device", a.device,
                "--disable_progress_bar", "--continue_prediction"]
         if a.np is not None:
             cmd += ["-npp", str(a.np), "-nps", str(a.np)]
         if a.disable_tta:
             cmd.append("--disable_tta")
-        say(f"{prefix} predicting {len(self.eval_cases)} evaluation volume(s)  (log: {lay.predict_log(n, trainer)})")
+        say(f"{prefix} predicting {len(self.eval_cases)} evaluation volume(s)  (log: {paths.predict_log})")
         self._ran("predict")
         start = time.time()
-        run_logged(cmd, lay.predict_log(n, trainer), self.env_for(n), prefix)
+        run_logged(cmd, paths.predict_log, self.env_for(n, paths.results_root), prefix)
         missing = [c for c in self.eval_cases if not os.path.isfile(os.path.join(out, c + a.file_ending))]
         if missing:
             raise BenchmarkError(f"{prefix} nnUNetv2_predict wrote no prediction for {missing[:10]}; "
-                                 f"see {lay.predict_log(n, trainer)}")
-        save_json({"wall_seconds": round(time.time() - start, 1), "command": " ".join(cmd)},
-                  lay.predict_record(n, trainer))
+                                 f"see {paths.predict_log}")
+        save_json({"wall_seconds": round(time.time() - start, 1), "command": " ".join(cmd)}, paths.predict_record)
 
-    def evaluate(self, n: int, trainer: str, prefix: str) -> dict:
-        path = self.layout.metrics(n, trainer)
+    def evaluate(self, paths: RunPaths, prefix: str) -> dict:
+        path = paths.metrics
         if os.path.isfile(path):
             result = _load_json(path)
             if sorted(result.get("cases", [])) == sorted(self.eval_cases):
                 say(f"{prefix} [skip] evaluation: {path} exists")
                 return result
         self._ran("evaluate")
-        result = evaluate_folders(self.layout.predictions(n, trainer), self.eval_labels, self.labels, self.names,
+        result = evaluate_folders(paths.predictions, self.eval_labels, self.labels, self.names,
                                   self.args.file_ending)
         save_json(result, path)
         mean = result["summary"]["mona"]["mean"]
         say(f"{prefix} Dice {100 * mean['dice']:.1f} % (MONA protocol), ASD {mean['asd']:.2f} vox")
         return result
 
-    def run_one(self, n: int, trainer: str) -> dict:
-        prefix = f"[N={n} {trainer.replace('nnUNetTrainer', '') or trainer}]"
-        lay = self.layout
-        run = {"n_labeled": n, "trainer": trainer, "fold_folder": lay.fold_folder(n, trainer),
-               "predictions": lay.predictions(n, trainer), "metrics_file": lay.metrics(n, trainer),
-               "train_log": lay.train_log(n, trainer)}
+    def run_one(self, n: int, spec: str) -> dict:
+        """Train (every stage), predict and evaluate one row; a failure is recorded in the row, not raised."""
+        paths = self.layout.run_paths(n, spec)
+        prefix = f"[N={n} {'+'.join(t.replace('nnUNetTrainer', '') or t for t in paths.stages)}]"
+        run = {"n_labeled": n, "trainer": row_name(spec), "fold_folder": paths.fold_folder(paths.final),
+               "predictions": paths.predictions, "metrics_file": paths.metrics,
+               "train_log": paths.train_log(paths.final)}
+        if is_chain(spec):
+            run.update(spec=spec, stages=paths.stages, results_root=paths.results_root)
         try:
-            self.train(n, trainer, prefix)
-            run["train"] = self.train_record(n, trainer)
-            self.predict(n, trainer, prefix)
-            run["predict"] = _load_json(lay.predict_record(n, trainer))
-            result = self.evaluate(n, trainer, prefix)
+            self.train(n, paths, prefix)
+            run["train"] = self.train_record(paths)
+            self.predict(n, paths, prefix)
+            run["predict"] = _load_json(paths.predict_record)
+            result = self.evaluate(paths, prefix)
             run.update(status="ok", summary=result["summary"])
         except Exception as e:  # one failed run must not stop the others; the report shows it
             run.update(status="failed", error=str(e))
@@ -169,7 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="labeled patient counts N; each needs a split file (see --splits_pattern). Default: 1 3 7")
     parser.add_argument("--trainers", nargs="+",
                         default=["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"],
-                        help="trainer class names (nnunet_mona trainers, which honour the budget). "
+                        help="trainer class names (nnunet_mona trainers, which honour the budget), or pretraining "
+                             "chains A+B[+C]: each stage trains the full budget starting from the previous stage's "
+                             "checkpoint_final.pth (-pretrained_weights), the last stage is evaluated, in its own "
+                             "folder labeled_N/chains/A+B (e.g. nnUNetTrainerMixCLPretrain+nnUNetTrainerBudget). "
                              "Default: nnUNetTrainerBudget nnUNetTrainerMeanTeacher nnUNetTrainerMONA")
     parser.add_argument("--epochs", type=int, required=True, help="epochs per training (nnUNet_mona_epochs)")
     parser.add_argument("--iterations", type=int, required=True,
@@ -237,7 +276,8 @@ def run(args) -> int:
     case_ids = prep.training_case_ids(raw_folder, args.file_ending)
     splits = {n: prep.load_split(raw_folder, args.splits_pattern, n, args.fold, layout, args.make_missing_splits,
                                  args.split_seed, args.patient_regex, case_ids, eval_cases) for n in args.labeled}
-    trainer_modules = prep.check_trainers(args.trainers)  # imports every nnU-Net trainer: after the cheap checks
+    # every stage of every chain; imports every nnU-Net trainer: after the cheap checks
+    trainer_modules = prep.check_trainers(check_specs(args.trainers))
     os.makedirs(output, exist_ok=True)
     say(f"{dataset_name}: N = {args.labeled} labeled x {args.trainers}, {args.epochs} x {args.iterations} iterations "
         f"on {args.device}, {len(eval_cases)} evaluation volumes; output {output}")
@@ -261,7 +301,8 @@ def run(args) -> int:
     results = {
         "protocol": {
             "dataset": dataset_id, "dataset_name": dataset_name, "configuration": args.c, "plans": args.p,
-            "fold": args.fold, "labeled_counts": args.labeled, "trainers": args.trainers,
+            "fold": args.fold, "labeled_counts": args.labeled, "trainers": [row_name(t) for t in args.trainers],
+            "trainer_specs": args.trainers,
             "trainer_modules": trainer_modules, "class_names": names, "class_labels": labels,
             "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
             "device": args.device, "parallel": args.parallel, "host": socket.gethostname(),

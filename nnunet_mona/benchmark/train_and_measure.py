@@ -1,6 +1,7 @@
 """``python -m nnunet_mona.benchmark.train_and_measure``: ``nnUNetv2_train`` plus a JSON record of what it cost.
 
-Same arguments and the same code path as ``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -device D [--c]``
+Same arguments and the same code path as
+``nnUNetv2_train DATASET CONFIGURATION FOLD -tr TRAINER -device D [--c] [-pretrained_weights CHECKPOINT]``
 (nnU-Net's own trainer lookup and ``run_training``, in this process), then writes ``--record``:
 
 * ``peak_gpu_memory_bytes``: ``torch.cuda.max_memory_allocated()`` over the training and nnU-Net's final
@@ -62,6 +63,9 @@ def main(argv=None) -> None:
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
     parser.add_argument("-device", default="cuda", choices=["cuda", "cpu", "mps"], help="device. Default: cuda")
     parser.add_argument("--c", action="store_true", help="continue from checkpoint_latest.pth")
+    parser.add_argument("-pretrained_weights", default=None,
+                        help="checkpoint to initialise the network with, as nnUNetv2_train -pretrained_weights "
+                             "(a new training only, not with --c)")
     parser.add_argument("--record", required=True, help="JSON file to write after the training finished")
     parser.add_argument("--iterations_per_epoch", type=int, default=None,
                         help="training iterations per epoch (for seconds per iteration). Default: from "
@@ -76,8 +80,8 @@ def main(argv=None) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.time()
-    run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p, continue_training=args.c,
-                 device=device)
+    run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p,
+                 pretrained_weights=args.pretrained_weights, continue_training=args.c, device=device)
     wall = time.time() - start
     fold_folder = os.path.join(str(nnUNet_results), maybe_convert_to_dataset_name(args.dataset_name_or_id),
                                f"{args.tr}__{args.p}__{args.configuration}",
@@ -85,7 +89,8 @@ def main(argv=None) -> None:
     iterations = args.iterations_per_epoch or int(os.environ.get("nnUNet_mona_iterations") or 250)
     record = {
         "trainer": args.tr, "dataset": args.dataset_name_or_id, "configuration": args.configuration,
-        "fold": args.fold, "continued": args.c, "wall_seconds_this_segment": round(wall, 1),
+        "fold": args.fold, "continued": args.c,
+        "pretrained_weights": args.pretrained_weights, "wall_seconds_this_segment": round(wall, 1),
         "device": args.device, "host": socket.gethostname(),
         "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "peak_gpu_memory_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,

@@ -1,0 +1,45 @@
+"""Trainer specs of ``nnUNetv2_mona_benchmark --trainers``: a trainer name, or a pretraining chain ``A+B+C``.
+
+A chain trains its stages in order with the stock nnU-Net path, each stage starting from the previous stage's
+``checkpoint_final.pth`` (nnU-Net's ``-pretrained_weights``); the last stage's model is predicted and evaluated.
+Only name checks live here (no imports of nnU-Net); the trainer lookup is
+:func:`nnunet_mona.benchmark.preparation.check_trainers`.
+"""
+from typing import List, Sequence
+
+from nnunet_mona.benchmark.processes import BenchmarkError
+
+SEPARATOR = "+"
+
+
+def stages(spec: str) -> List[str]:
+    """Trainer names of a spec, in training order (one name for a single trainer)."""
+    return spec.split(SEPARATOR)
+
+
+def is_chain(spec: str) -> bool:
+    return len(stages(spec)) > 1
+
+
+def row_name(spec: str) -> str:
+    """Name of the spec's row in results.md / results.json: ``A + B`` for a chain, the trainer name otherwise."""
+    return f" {SEPARATOR} ".join(stages(spec))
+
+
+def check_specs(specs: Sequence[str]) -> List[str]:
+    """Check the spec syntax; returns every distinct stage trainer name (for the trainer lookup), in order.
+
+    Refuses duplicate specs, empty stage names (``A++B``, ``+A``) and a trainer twice in one chain (both stages
+    would share one nnU-Net results folder)."""
+    if len(set(specs)) != len(specs):
+        raise BenchmarkError(f"Duplicate trainer specs in --trainers: {list(specs)}")
+    names: List[str] = []
+    for spec in specs:
+        parts = stages(spec)
+        if any(not p.strip() or p != p.strip() for p in parts):
+            raise BenchmarkError(f"Empty or padded stage name in trainer spec {spec!r}: write A{SEPARATOR}B, "
+                                 f"trainer names separated by '{SEPARATOR}' without spaces")
+        if len(set(parts)) != len(parts):
+            raise BenchmarkError(f"Trainer spec {spec!r} names a trainer twice; every stage needs its own trainer")
+        names += [p for p in parts if p not in names]
+    return names
