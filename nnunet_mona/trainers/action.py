@@ -66,16 +66,10 @@ class nnUNetTrainerACTION(nnUNetTrainerMONA):
     def _contrast_loss(self, embedding, teacher_embedding, logits_u, student_input, labeled_target, n_l):
         """embedding / teacher_embedding: (N_l + B_u, D, *S_r); logits_u: (B_u, K, *P). Returns the scalar loss."""
         size = embedding.shape[2:]
-        gt = labeled_target[0] if isinstance(labeled_target, (list, tuple)) else labeled_target
-        gt = resize_nearest(gt[:, 0].long(), size)
-        if self.label_manager.has_ignore_label:
-            gt = torch.where(gt == self.label_manager.ignore_label, torch.full_like(gt, -1), gt)
-        pseudo = resize_nearest(student_input["pseudo_label"], size)
+        gt, pseudo, teacher_probs = self._contrast_targets(size, student_input, labeled_target)
         confident_u = resize_nearest(student_input["confidence"], size) >= self.contrast_valid_confidence
         labels = torch.cat((gt, torch.where(confident_u, pseudo, torch.full_like(pseudo, -1))), 0)
         valid = labels >= 0
-        teacher_probs = torch.cat((resize_nearest(self._teacher_step["probs_labeled"], size),
-                                   resize_nearest(student_input["probs"], size)), 0)
         if self.hard_query_source == "student":
             student_logits = torch.cat((self._student_labeled_logits, logits_u), 0).detach().float()
             query_probs = resize_nearest(torch.softmax(student_logits, 1), size)

@@ -264,20 +264,27 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         mixed = apply_mix(rep_u, None, None, resize_nearest(mask, rep.shape[2:]), student_input["partner"])[0]
         return torch.cat((rep_l, mixed), 0)
 
-    def _contrast_loss(self, embedding, teacher_embedding, logits_u, student_input, labeled_target, n_l):
-        size = embedding.shape[2:]
+    def _contrast_targets(self, size, student_input, labeled_target):
+        """At the representation size ``size``: ground truth of the labeled part (N_l, *S_r) with
+        ignore -> -1, the mixed pseudo-labels (B_u, *S_r), and the teacher probabilities of
+        [labeled ; unlabeled] (N_l + B_u, K, *S_r)."""
         gt = labeled_target[0] if isinstance(labeled_target, (list, tuple)) else labeled_target
         gt = resize_nearest(gt[:, 0].long(), size)
         if self.label_manager.has_ignore_label:
             gt = torch.where(gt == self.label_manager.ignore_label, torch.full_like(gt, -1), gt)
         pseudo = resize_nearest(student_input["pseudo_label"], size)
+        teacher_probs = torch.cat((resize_nearest(self._teacher_step["probs_labeled"], size),
+                                   resize_nearest(student_input["probs"], size)), 0)
+        return gt, pseudo, teacher_probs
+
+    def _contrast_loss(self, embedding, teacher_embedding, logits_u, student_input, labeled_target, n_l):
+        size = embedding.shape[2:]
+        gt, pseudo, teacher_probs = self._contrast_targets(size, student_input, labeled_target)
         # reliable / unreliable unlabeled pixels by the entropy of the student's prediction (MONA code)
         student_probs = resize_nearest(torch.softmax(logits_u.detach().float(), 1), size)
         alpha = alpha_schedule(self.current_epoch / max(1, self.num_epochs), self.contrast_alpha0)
         reliable_u, unreliable_u = reliability_masks(student_probs, pseudo >= 0, alpha)
         labeled_valid = gt >= 0  # labeled pixels: reliable = unreliable = all valid (MONA)
-        teacher_probs = torch.cat((resize_nearest(self._teacher_step["probs_labeled"], size),
-                                   resize_nearest(student_input["probs"], size)), 0)
         loss, keys, key_labels = anatomical_contrast_loss(
             embedding, teacher_embedding, torch.cat((gt, pseudo), 0), teacher_probs,
             torch.cat((labeled_valid, reliable_u), 0), torch.cat((labeled_valid, unreliable_u), 0),
