@@ -5,12 +5,12 @@ names the run.
 """
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
-from collections import deque
 from typing import Callable, Dict, List, Optional
+
+from nnunet_mona.logged_command import run_with_log
 
 _PRINT_LOCK = threading.Lock()
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d+: ")
@@ -59,31 +59,15 @@ def run_logged(cmd: List[str], log_file: str, env: Dict[str, str], prefix: str,
                progress: Optional[Callable[[str], Optional[str]]] = None, tail_lines: int = 30) -> None:
     """Run ``cmd`` with ``env``; stdout and stderr go to ``log_file`` (appended). ``progress(line)`` returns a
     console line or None. Raises :class:`BenchmarkError` with the last lines of the output when it fails."""
-    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-    env = dict(env, PYTHONUNBUFFERED="1")
-    tail = deque(maxlen=tail_lines)
-    with open(log_file, "a", encoding="utf-8") as f:
-        f.write(f"\n### [{time.strftime('%Y-%m-%d %H:%M:%S')}] {' '.join(cmd)}\n")
-        f.flush()
-        try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    env=env, errors="replace")
-        except FileNotFoundError as e:
-            raise BenchmarkError(f"Cannot run {cmd[0]!r}: {e}. Is nnU-Net v2 installed in this environment?")
-        try:
-            for line in proc.stdout:
-                f.write(line)
-                f.flush()
-                line = line.rstrip("\n")
-                tail.append(line)
-                text = progress(line) if progress is not None else None
-                if text:
-                    say(f"{prefix} {text}")
-            proc.wait()
-        except BaseException:
-            proc.terminate()
-            proc.wait()
-            raise
-    if proc.returncode != 0:
-        raise BenchmarkError(f"{prefix} failed (exit code {proc.returncode}): {' '.join(cmd)}\n"
+    def show(line: str) -> None:
+        text = progress(line) if progress is not None else None
+        if text:
+            say(f"{prefix} {text}")
+
+    try:
+        returncode, tail = run_with_log(cmd, log_file, env, show, tail_lines)
+    except FileNotFoundError as e:
+        raise BenchmarkError(f"Cannot run {cmd[0]!r}: {e}. Is nnU-Net v2 installed in this environment?")
+    if returncode != 0:
+        raise BenchmarkError(f"{prefix} failed (exit code {returncode}): {' '.join(cmd)}\n"
                              f"Last lines (full log: {log_file}):\n    " + "\n    ".join(tail))

@@ -3,12 +3,12 @@
 import ast
 import os
 import re
-import subprocess
 import sys
 import time
-from collections import deque
 from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional
+
+from nnunet_mona.logged_command import run_with_log
 
 try:
     import resource
@@ -62,34 +62,17 @@ def run_command(cmd: List[str], log_file: str, env: Optional[Dict[str, str]] = N
     """Run ``cmd``; all of its output (stdout and stderr) goes to ``log_file``. ``echo(line)`` returns the text
     to print on the console for a line, or None to keep it in the log only. Raises DemoError with the last
     lines of the output if the command fails."""
-    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
-    env = dict(os.environ if env is None else env)
-    env["PYTHONUNBUFFERED"] = "1"  # lines arrive while the command runs, not when it ends
-    tail = deque(maxlen=tail_on_error)
-    with open(log_file, "a", encoding="utf-8") as f:
-        f.write(f"\n### [{time.strftime('%Y-%m-%d %H:%M:%S')}] {' '.join(cmd)}\n")
-        f.flush()
-        try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                    env=env, errors="replace")
-        except FileNotFoundError as e:
-            raise DemoError(f"Cannot run {cmd[0]!r}: {e}. Is nnU-Net v2 installed in this Python environment?")
-        try:
-            for line in proc.stdout:
-                f.write(line)
-                f.flush()
-                line = line.rstrip("\n")
-                tail.append(line)
-                text = echo(line) if echo is not None else None
-                if text is not None:
-                    print(text, flush=True)
-            proc.wait()
-        except KeyboardInterrupt:
-            proc.terminate()
-            proc.wait()
-            raise
-    if proc.returncode != 0:
-        raise DemoError(f"This command failed (exit code {proc.returncode}):\n    {' '.join(cmd)}\n"
+    def show(line: str) -> None:
+        text = echo(line) if echo is not None else None
+        if text is not None:
+            print(text, flush=True)
+
+    try:
+        returncode, tail = run_with_log(cmd, log_file, dict(os.environ if env is None else env), show, tail_on_error)
+    except FileNotFoundError as e:
+        raise DemoError(f"Cannot run {cmd[0]!r}: {e}. Is nnU-Net v2 installed in this Python environment?")
+    if returncode != 0:
+        raise DemoError(f"This command failed (exit code {returncode}):\n    {' '.join(cmd)}\n"
                         f"Last lines of its output (full log: {log_file}):\n    " + "\n    ".join(tail))
 
 
