@@ -8,8 +8,13 @@ Each trainer is instantiated directly on the same plans (``plans['continue_train
 nnunet_integration.md 2.2), initialised, given its dataloaders, then runs ``--warmup`` untimed and
 ``--iterations`` timed ``train_step`` calls. The labeled batch is fetched outside the timed region;
 semi-supervised trainers fetch their unlabeled batch inside ``train_step`` (it is part of their
-iteration; the background workers usually have it ready). Peak memory is
-``torch.cuda.max_memory_allocated`` over the timed steps (CUDA only; on CPU only time is reported).
+iteration; the background workers usually have it ready).
+
+Memory: on CUDA, ``torch.cuda.max_memory_allocated`` over the timed steps. On CPU, a proxy: the
+growth of the process's peak resident set (``ru_maxrss``) over the resident set measured after the
+trainer was initialised and its loaders started, i.e. what the training steps themselves add
+(activations, gradients, optimizer state, teacher, banks). Each trainer runs in its own Python
+process (``--in-process`` turns that off), so one trainer's peak cannot hide the next one's.
 The first trainer is the reference for the ratios (the issue's target: MONA <= 2x time and memory
 of plain nnU-Net). With ``torch.compile`` (default on CUDA) keep warm-up >= 3 so compilation is
 not timed.
@@ -17,6 +22,11 @@ not timed.
 import argparse
 import copy
 import gc
+import json
+import os
+import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -42,6 +52,20 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _resident_mb() -> float:
+    """Current resident set of this process in MiB (Linux /proc; NaN elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def _peak_resident_mb() -> float:
+    """Peak resident set of this process so far in MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _finish_loaders(trainer) -> None:
     for attr in ("dataloader_train", "dataloader_val", "dataloader_unlabeled"):
         loader = getattr(trainer, attr, None)
@@ -59,6 +83,9 @@ def benchmark(trainer_name: str, plans: dict, configuration: str, fold, dataset_
     trainer.network.train()
     trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
     unlabeled = getattr(trainer, "unlabeled_batch_size", None) or 0
+    _ = next(trainer.dataloader_train)  # loaders started, their buffers resident
+    gc.collect()
+    resident_before = _resident_mb()
     times = []
     try:
         for i in range(warmup + iterations):
@@ -71,7 +98,8 @@ def benchmark(trainer_name: str, plans: dict, configuration: str, fold, dataset_
             _sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
-        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" else float("nan")
+        peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" \
+            else _peak_resident_mb() - resident_before
     finally:
         _finish_loaders(trainer)
     result = {"trainer": trainer_name, "batch": f"{trainer.batch_size}+{unlabeled}",
@@ -81,6 +109,17 @@ def benchmark(trainer_name: str, plans: dict, configuration: str, fold, dataset_
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return result
+
+
+def benchmark_in_subprocess(trainer_name: str, args) -> dict:
+    """Runs this script for one trainer in a fresh interpreter and returns its result dict."""
+    cmd = [sys.executable, os.path.abspath(__file__), "-d", args.dataset, "-c", args.configuration, "-p", args.plans,
+           "-f", args.fold, "--trainers", trainer_name, "--iterations", str(args.iterations),
+           "--warmup", str(args.warmup), "--device", args.device, "--in-process", "--json"]
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark of {trainer_name} failed (exit {done.returncode}); command: {' '.join(cmd)}")
+    return json.loads(done.stdout.strip().splitlines()[-1])[0]
 
 
 def main(argv=None):
@@ -94,7 +133,17 @@ def main(argv=None):
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu", "mps"])
+    parser.add_argument("--in-process", action="store_true",
+                        help="run all trainers in this process (default: one fresh process per trainer)")
+    parser.add_argument("--json", action="store_true", help="print only the results as one JSON line")
     args = parser.parse_args(argv)
+    if not args.in_process:
+        results = []
+        for t in args.trainers:
+            print(f"benchmarking {t} ...", flush=True)
+            results.append(benchmark_in_subprocess(t, args))
+        print_table(results, args)
+        return results
 
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -110,18 +159,27 @@ def main(argv=None):
 
     results = [benchmark(t, plans, args.configuration, fold, dataset_json, device, args.warmup, args.iterations)
                for t in args.trainers]
+    for r in results:
+        r["dataset"] = dataset_name
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print_table(results, args)
+    return results
+
+
+def print_table(results: list, args) -> None:
     ref = results[0]
-    print(f"\n{dataset_name} {args.configuration}, device {device}, {args.iterations} timed iterations after "
-          f"{args.warmup} warm-up; batch = labeled+unlabeled per iteration")
-    if device.type != "cuda":
-        print("(not CUDA: peak GPU memory is not measured, time only)")
-    header = f"{'trainer':<36} {'batch':>7} {'s/iter':>9} {'std':>7} {'peak MiB':>9} {'x time':>7} {'x mem':>7}"
+    print(f"\n{ref.get('dataset', args.dataset)} {args.configuration}, device {args.device}, {args.iterations} timed "
+          f"iterations after {args.warmup} warm-up; batch = labeled+unlabeled patches per iteration")
+    memory = "peak MiB" if args.device == "cuda" else "+RSS MiB"
+    if args.device != "cuda":
+        print("(not CUDA: memory is the CPU proxy, growth of the peak resident set during the steps)")
+    header = f"{'trainer':<36} {'batch':>7} {'s/iter':>9} {'std':>7} {memory:>9} {'x time':>7} {'x mem':>7}"
     print(header + "\n" + "-" * len(header))
     for r in results:
-        mem_ratio = r["peak_mb"] / ref["peak_mb"] if device.type == "cuda" else float("nan")
         print(f"{r['trainer']:<36} {r['batch']:>7} {r['mean_s']:>9.3f} {r['std_s']:>7.3f} {r['peak_mb']:>9.1f} "
-              f"{r['mean_s'] / ref['mean_s']:>7.2f} {mem_ratio:>7.2f}")
-    return results
+              f"{r['mean_s'] / ref['mean_s']:>7.2f} {r['peak_mb'] / ref['peak_mb']:>7.2f}")
 
 
 if __name__ == "__main__":

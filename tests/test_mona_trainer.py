@@ -165,6 +165,33 @@ def test_banks_queue_and_teacher_head_round_trip(unit_trainer, mona_dataset):
     assert other.mona_state["class_bank"].sizes() == tr.mona_state["class_bank"].sizes()
 
 
+def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_trainer, mona_dataset):
+    from nnunet_mona.augment.warps import warp
+    tr = unit_trainer
+    plans_batch = tr.configuration_manager.batch_size
+    assert tr.batch_size == max(1, round(plans_batch / 2)) and tr.unlabeled_batch_size == tr.batch_size
+    assert tr.probabilistic_oversampling == (tr.batch_size == 1)
+
+    tr.labeled_batch_fraction = tr.unlabeled_batch_fraction = 1.0  # instance override: B + B
+    try:
+        tr._set_batch_size_and_oversample()
+        assert tr.batch_size == plans_batch and tr.unlabeled_batch_size == plans_batch
+    finally:
+        del tr.labeled_batch_fraction, tr.unlabeled_batch_fraction
+        tr._set_batch_size_and_oversample()
+    assert tr.batch_size == max(1, round(plans_batch / 2))
+
+    assert [tr.num_warped(b) for b in (1, 2, 3, 4, 8)] == [1, 1, 2, 2, 4]
+    g = torch.Generator().manual_seed(1)
+    weak = torch.randn(4, 1, 64, 64, generator=g)
+    unlabeled = {"data_weak": weak, "data_strong": weak + 0.1, "valid_mask": torch.ones(4, 1, 64, 64, dtype=torch.bool)}
+    teacher_out = super(type(tr), tr).teacher_predict(weak)  # plain teacher outputs, no labeled part
+    student_input = tr.make_student_unlabeled_input(unlabeled, teacher_out)
+    assert student_input["num_warped"] == 2 and student_input["image"].shape[0] == 4 + 2
+    expected = warp(student_input["image"][:2], student_input["warp_grid"])
+    assert torch.allclose(student_input["image"][4:], expected)
+
+
 @pytest.mark.parametrize("name", ["nnUNetTrainerMONA_noContrast", "nnUNetTrainerMONA_noEquivariance",
                                   "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix"])
 def test_variants_compute_their_terms(mona_dataset, name):

@@ -6,7 +6,7 @@ One iteration (the base class runs steps 1, 4, 6 and the optimizer step):
   2. mixing (``mix_mode``: cutmix / cutout / classmix, partner permutation) applied alike to the
      strong images, pseudo-labels, confidences, teacher probabilities and the valid mask, then the
      GPU strong photometric view; the equivariance warp T of that view is appended to the batch;
-  3. ONE student forward on [labeled ; mixed strong ; T(mixed strong)] (hooks collect its decoder
+  3. ONE student forward on [labeled ; mixed strong ; T(first eqv_batch_fraction of mixed strong)] (hooks collect its decoder
      features), so AMP / compile / DDP see a single forward and a single backward;
   4. losses: nnU-Net's DS Dice+CE on the labeled part, and
        unsup    confidence-weighted pseudo-label CE (ReCo style, threshold 0.97),
@@ -96,6 +96,10 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     use_equivariance: bool = True
     eqv_warp_kind: str = "tps"  # RandomWarp kind: 'tps' (MONA) | 'affine' | 'smooth'
     eqv_confidence_threshold: float = 0.7
+    # share of the unlabeled batch that also goes through the student warped (MONA: all images, l and u).
+    # The warped copies are extra student forward/backward work: at 0.5 an iteration processes
+    # 1.25 x the plans' batch, which keeps MONA within 2x plain nnU-Net's time and memory
+    eqv_batch_fraction: float = 0.5
     # ---- weights (spec A.4b). contrast stays 0.01. Its value depends only on cosines (same tau and
     # query/negative budget as MONA: ~ln 513 = 6.2 at init); its gradient scales with 1/|embedding|.
     # Measured at init (Dataset996 plans, CPU): our predictor output has per-pixel norm ~0.8, while
@@ -213,10 +217,15 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         student_input = {"image": image, "probs": probs, "confidence": conf, "pseudo_label": labels,
                          "valid": valid, "mix_mask": mix_mask, "partner": partner, "num_unlabeled": b}
         if self.use_equivariance:
-            grid, warp_valid = self.equivariance_warp(b, spatial, device=device)
-            student_input.update(warp_grid=grid, warp_valid=warp_valid,
-                                 image=torch.cat((image, warp(image, grid)), 0))
+            n_w = self.num_warped(b)
+            grid, warp_valid = self.equivariance_warp(n_w, spatial, device=device)
+            student_input.update(warp_grid=grid, warp_valid=warp_valid, num_warped=n_w,
+                                 image=torch.cat((image, warp(image[:n_w], grid)), 0))
         return student_input
+
+    def num_warped(self, num_unlabeled: int) -> int:
+        """How many of the (already shuffled) unlabeled images get an equivariance copy (>= 1)."""
+        return min(num_unlabeled, max(1, int(round(num_unlabeled * self.eqv_batch_fraction))))
 
     # ------------------------------------------------------------------ losses
     def compute_unlabeled_losses(self, student_outputs_unlabeled, student_input, unlabeled, labeled_outputs,
@@ -250,7 +259,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
                                                      self.mona_state["nn_queue"].features, self.nn_k)
                 self._pending["nn_keys"] = teacher_vec.detach()
         if self.use_equivariance:
-            terms["eqv"] = self._equivariance_loss(logits_u, logits[n_u:2 * n_u], student_input)
+            n_w = student_input["num_warped"]
+            terms["eqv"] = self._equivariance_loss(logits_u[:n_w], logits[n_u:n_u + n_w], student_input)
         return terms
 
     def _mixed_teacher_representation(self, student_input, n_l: int) -> torch.Tensor:
@@ -297,10 +307,12 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         return loss
 
     def _equivariance_loss(self, logits_u, logits_warped, student_input) -> torch.Tensor:
-        grid = student_input["warp_grid"]
+        """``logits_u`` (N_w, K, *P): the student on the first N_w strong images; ``logits_warped``
+        (N_w, K, *P): the student on their warps."""
+        grid, n_w = student_input["warp_grid"], logits_u.shape[0]
         reference = warp(logits_u.detach().float(), grid)  # T(f(x)), detached
-        foreground = (student_input["pseudo_label"] > 0) & student_input["valid"] & \
-            (student_input["confidence"] >= self.eqv_confidence_threshold)
+        foreground = (student_input["pseudo_label"][:n_w] > 0) & student_input["valid"][:n_w] & \
+            (student_input["confidence"][:n_w] >= self.eqv_confidence_threshold)
         mask = warp(foreground.float(), grid) * student_input["warp_valid"].float()
         return equivariance_loss(logits_warped, reference, mask)
 

@@ -53,8 +53,11 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     # ---- hyper-parameters (class attributes: a variant is a three-line subclass) ----
     ema_decay: float = 0.99
     ema_warmup: bool = True
-    # unlabeled patches per labeled patch in a batch (MONA: 1:1)
-    unlabeled_batch_ratio: float = 1.0
+    # shares of the plans' batch size B given to labeled and to unlabeled patches. Half and half
+    # (MONA: 4 + 4, SSL4MIS: 12 + 12) keeps one student forward at B patches, as in plain nnU-Net,
+    # so the plans' GPU-memory estimate still holds. 1.0 / 1.0 doubles the batch (B + B).
+    labeled_batch_fraction: float = 0.5
+    unlabeled_batch_fraction: float = 0.5
     # sigmoid ramp-up of every unsupervised term over this fraction of num_epochs (0: none)
     unsupervised_rampup_fraction: float = 0.1
     # weight of nnU-Net's supervised Dice+CE on the labeled part (ACTION: 0.5)
@@ -96,7 +99,6 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
             raise RuntimeError(f"{self.__class__.__name__} supports label-based datasets only; this dataset uses "
                                f"regions (overlapping sigmoid outputs), which its teacher/pseudo-labels do not model.")
         super().initialize()
-        self.unlabeled_batch_size = max(1, int(round(self.batch_size * self.unlabeled_batch_ratio)))
         teacher_net = self.build_network_architecture(
             self.plans_manager, self.configuration_manager, self.num_input_channels,
             self.label_manager.num_segmentation_heads, enable_deep_supervision=False).to(self.device)
@@ -106,6 +108,18 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         if self.is_ddp and self.auxiliary_modules is not None:
             # heads are not wrapped by DDP: start them equal on every rank (gradients are averaged per step)
             broadcast_module_(self.auxiliary_modules)
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()  # the plans' batch (this rank's share under DDP)
+        plans_batch = self.batch_size
+        self.batch_size = max(1, int(round(plans_batch * self.labeled_batch_fraction)))
+        self.unlabeled_batch_size = max(1, int(round(plans_batch * self.unlabeled_batch_fraction)))
+        if self.batch_size == 1:
+            # nnU-Net's deterministic rule oversamples B - round(0.67 B) patches: none for B = 1,
+            # which would drop foreground oversampling altogether
+            self.probabilistic_oversampling = True
+        self.print_to_log_file(f"Batch: {self.batch_size} labeled + {self.unlabeled_batch_size} unlabeled patches "
+                               f"(plans batch size {plans_batch})")
 
     def build_auxiliary_modules(self) -> Optional[nn.ModuleDict]:
         """Trainable modules outside ``self.network`` (projection heads...). Called before the
