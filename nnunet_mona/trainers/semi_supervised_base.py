@@ -58,6 +58,9 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     # so the plans' GPU-memory estimate still holds. 1.0 / 1.0 doubles the batch (B + B).
     labeled_batch_fraction: float = 0.5
     unlabeled_batch_fraction: float = 0.5
+    # neither part gets fewer patches than this: nnU-Net's planner never plans a batch below 2, and
+    # mixing needs a partner image (small plans batches, e.g. 2, thus train 2 + 2)
+    min_part_batch_size: int = 2
     # sigmoid ramp-up of every unsupervised term over this fraction of num_epochs (0: none)
     unsupervised_rampup_fraction: float = 0.1
     # weight of nnU-Net's supervised Dice+CE on the labeled part (ACTION: 0.5)
@@ -112,14 +115,13 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()  # the plans' batch (this rank's share under DDP)
         plans_batch = self.batch_size
-        self.batch_size = max(1, int(round(plans_batch * self.labeled_batch_fraction)))
-        self.unlabeled_batch_size = max(1, int(round(plans_batch * self.unlabeled_batch_fraction)))
-        if self.batch_size == 1:
-            # nnU-Net's deterministic rule oversamples B - round(0.67 B) patches: none for B = 1,
-            # which would drop foreground oversampling altogether
-            self.probabilistic_oversampling = True
+        self.batch_size = self._part_batch_size(plans_batch, self.labeled_batch_fraction)
+        self.unlabeled_batch_size = self._part_batch_size(plans_batch, self.unlabeled_batch_fraction)
         self.print_to_log_file(f"Batch: {self.batch_size} labeled + {self.unlabeled_batch_size} unlabeled patches "
                                f"(plans batch size {plans_batch})")
+
+    def _part_batch_size(self, plans_batch: int, fraction: float) -> int:
+        return max(self.min_part_batch_size, int(round(plans_batch * fraction)))
 
     def build_auxiliary_modules(self) -> Optional[nn.ModuleDict]:
         """Trainable modules outside ``self.network`` (projection heads...). Called before the
