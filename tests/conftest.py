@@ -3,7 +3,9 @@
 nnU-Net reads nnUNet_raw / nnUNet_preprocessed / nnUNet_results from the environment at call
 time (2.8.1), so setting them here is enough for in-process calls and for subprocesses.
 """
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
 # Dataset ids used by the tests (nothing else may use them inside the test session folder).
 REAL_UNLABELED_ID = 990  # unlabeled images in imagesUnlabeled/
 SIMULATED_ID = 991  # unlabeled cases are training cases hidden by a split
+HIDDEN_LABEL_ID = 988  # as 991, and the unlabeled cases' preprocessed labels are moved away
 
 
 def run_cmd(cmd, timeout=900, env=None):
@@ -66,3 +69,34 @@ def simulated_scarcity_dataset(nnunet_dirs):
                                     size=(64, 64), n_slices=2, unlabeled_as_training_cases=True, seed=2)
     _plan_and_preprocess(SIMULATED_ID)
     return {"id": SIMULATED_ID, "name": "Dataset991_MonaSimulated", "roles": roles, **nnunet_dirs}
+
+
+@pytest.fixture(scope="session")
+def hidden_label_dataset(nnunet_dirs, tmp_path_factory):
+    """Dataset988, shared by the trainer modules (MONA, ACTION, relational pretraining, MixCL,
+    benchmark_iteration): 3 labeled patients (6 cases) and 4 'unlabeled' patients (8 cases) in
+    imagesTr/labelsTr, 1 test patient in imagesTs/labelsTs; planned and preprocessed (2d, 64x64).
+
+    The unlabeled cases are hidden by the split's 'unlabeled' list AND their preprocessed labels
+    (<id>_seg.b2nd) are moved out of the dataset, so a trainer that reads one fails instead of
+    silently training on it. Read-only for its users: copy what you need to change.
+
+    splits_final.json has 3 folds with the same train (all labeled) and unlabeled lists and a
+    1-case val set (short final validation). The folds only keep output folders apart where two
+    modules train the same trainer class: fold 0 for test_mona_trainer, test_action and
+    test_mixcl; fold 1 for test_relational_pretrain (its MONA fine-tune); fold 2 for
+    test_benchmark_iteration (its trainers write a training log into their fold folder).
+    """
+    name = f"Dataset{HIDDEN_LABEL_ID}_MonaHiddenLabels"
+    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=HIDDEN_LABEL_ID, dataset_name="MonaHiddenLabels",
+                                    n_labeled_patients=3, n_unlabeled_patients=4, n_test_patients=1,
+                                    size=(64, 64), n_slices=2, unlabeled_as_training_cases=True, seed=3)
+    _plan_and_preprocess(HIDDEN_LABEL_ID)
+    pre = os.path.join(nnunet_dirs["preprocessed"], name)
+    with open(os.path.join(pre, "splits_final.json"), "w") as f:
+        json.dump([{"train": roles["labeled"], "val": [roles["labeled"][k]], "unlabeled": roles["unlabeled"]}
+                   for k in range(3)], f)
+    hidden = tmp_path_factory.mktemp("hidden_labels")
+    for case in roles["unlabeled"]:
+        shutil.move(os.path.join(pre, "nnUNetPlans_2d", f"{case}_seg.b2nd"), hidden)
+    return {"id": HIDDEN_LABEL_ID, "name": name, "roles": roles, "pre": pre, **nnunet_dirs}

@@ -5,11 +5,10 @@
     drawn class); hard queries keep only low-confidence anchors and fall back to all candidates;
     gradient reaches the student embeddings only; MONA's default path is unchanged (values
     recorded with the code before the ACTION options existed).
-(b) trainer level (Dataset989, no run loop): 0.5-weighted supervised loss, only ACTION's terms,
-    contrast gradient to student and head but not to the teacher side.
+(b) trainer level (conftest's Dataset988, no run loop): 0.5-weighted supervised loss, only
+    ACTION's terms, contrast gradient to student and head but not to the teacher side.
 (c) end to end: nnUNetv2_train 1 epoch x 2 iterations on CPU -> nnUNetv2_predict -f 0.
 """
-import json
 import os
 import sys
 
@@ -18,15 +17,12 @@ import pytest
 import torch
 
 from conftest import run_cmd
-from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
 from nnunet_mona.losses.anatomical_contrast import anatomical_contrast_loss
 from nnunet_mona.losses.hard_sampling import class_relation_probabilities, select_hard_queries
 from nnunet_mona.modules.memory_bank import ClassMemoryBank
 
 BIN = os.path.dirname(sys.executable)
 TRAINER = "nnUNetTrainerACTION"
-DATASET_ID = 989
-DATASET_NAME = "Dataset989_ActionTrainer"
 ACTION_TERMS = ("unsup", "contrast", "confident_fraction")
 
 
@@ -189,26 +185,12 @@ def test_mona_default_path_is_unchanged(sampler):
     assert torch.equal(explicit, loss)
 
 
-# ---------------------------------------------------------------- dataset and trainer
-@pytest.fixture(scope="module")
-def action_dataset(nnunet_dirs):
-    """Dataset989: 2 labeled + 2 'unlabeled' patients (hidden by the split), 1 test patient."""
-    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=DATASET_ID, dataset_name="ActionTrainer",
-                                    n_labeled_patients=2, n_unlabeled_patients=2, n_test_patients=1,
-                                    size=(64, 64), n_slices=2, unlabeled_as_training_cases=True, seed=9)
-    run_cmd([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1",
-             "--no_pbar"])
-    pre = os.path.join(nnunet_dirs["preprocessed"], DATASET_NAME)
-    with open(os.path.join(pre, "splits_final.json"), "w") as f:
-        json.dump([{"train": roles["labeled"], "val": roles["labeled"][:1], "unlabeled": roles["unlabeled"]}], f)
-    return {"roles": roles, "pre": pre, **nnunet_dirs}
-
-
-def test_trainer_weights_supervision_and_trains_student_only(action_dataset):
+# ---------------------------------------------------------------- trainer (dataset: conftest, fold 0)
+def test_trainer_weights_supervision_and_trains_student_only(hidden_label_dataset):
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from test_mona_trainer import _fake_step, _make_trainer
     torch.manual_seed(0)
-    tr = _make_trainer(action_dataset["pre"], TRAINER)
+    tr = _make_trainer(hidden_label_dataset["pre"], TRAINER)
     assert not tr.use_nn and not tr.use_equivariance and tr.loss_weights == {"unsup": 1.0, "contrast": 0.01}
     out = [torch.randn(2, 4, 64 // 2 ** i, 64 // 2 ** i) for i in range(len(tr._get_deep_supervision_scales()))]
     target = [torch.randint(0, 4, (2, 1) + o.shape[2:]).float() for o in out]
@@ -230,13 +212,13 @@ def test_trainer_weights_supervision_and_trains_student_only(action_dataset):
 
 
 # ---------------------------------------------------------------- end to end
-def test_train_one_epoch_and_predict(action_dataset, tmp_path):
-    ds = action_dataset
+def test_train_one_epoch_and_predict(hidden_label_dataset, tmp_path):
+    ds = hidden_label_dataset
     env = os.environ.copy()
     env.update({"nnUNet_mona_epochs": "1", "nnUNet_mona_iterations": "2", "nnUNet_mona_val_iterations": "1"})
-    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
+    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(ds["id"]), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
             env=env)
-    fold = os.path.join(ds["results"], DATASET_NAME, f"{TRAINER}__nnUNetPlans__2d", "fold_0")
+    fold = os.path.join(ds["results"], ds["name"], f"{TRAINER}__nnUNetPlans__2d", "fold_0")
     checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert checkpoint["trainer_name"] == TRAINER
     for name in ("sup",) + ACTION_TERMS:
@@ -245,8 +227,8 @@ def test_train_one_epoch_and_predict(action_dataset, tmp_path):
     for name in ACTION_TERMS:
         assert f"'{name}'" in text, name
     assert "'nn'" not in text and "'eqv'" not in text
-    images = os.path.join(ds["raw"], DATASET_NAME, "imagesTs")
-    run_cmd([os.path.join(BIN, "nnUNetv2_predict"), "-i", images, "-o", str(tmp_path), "-d", str(DATASET_ID),
+    images = os.path.join(ds["raw"], ds["name"], "imagesTs")
+    run_cmd([os.path.join(BIN, "nnUNetv2_predict"), "-i", images, "-o", str(tmp_path), "-d", str(ds["id"]),
              "-c", "2d", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
              "--disable_progress_bar"])
     predicted = sorted(p for p in os.listdir(tmp_path) if p.endswith(".nii.gz"))

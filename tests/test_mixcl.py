@@ -1,6 +1,5 @@
 """MixCL pre-training: loss properties, trainer wiring, and the pretrain -> fine-tune -> predict recipe
 with the stock nnU-Net commands (CPU, 1 epoch x 2 iterations each)."""
-import json
 import os
 import shutil
 import sys
@@ -10,14 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import _plan_and_preprocess, run_cmd
-from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
+from conftest import run_cmd
 from nnunet_mona.losses.identity_contrast import identity_info_nce, same_case_matrix
 from nnunet_mona.losses.reconstruction import random_patch_mask, reconstruction_loss
 from nnunet_mona.trainers.mixcl import label_consistency_loss
 
 BIN = os.path.dirname(sys.executable)
-MIXCL_ID = 998
 TRAINER = "nnUNetTrainerMixCLPretrain"
 
 
@@ -106,20 +103,14 @@ def _env(**extra):
 
 
 @pytest.fixture(scope="module")
-def mixcl_dataset(nnunet_dirs, tmp_path_factory):
-    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=MIXCL_ID, dataset_name="MixCL",
-                                    n_labeled_patients=2, n_unlabeled_patients=2, n_test_patients=1,
-                                    size=(64, 64), n_slices=2, unlabeled_as_training_cases=True, seed=3)
-    _plan_and_preprocess(MIXCL_ID)
-    name = f"Dataset{MIXCL_ID}_MixCL"
-    pre = os.path.join(nnunet_dirs["preprocessed"], name)
-    with open(os.path.join(pre, "splits_final.json"), "w") as f:
-        json.dump([{"train": roles["labeled"], "val": roles["labeled"], "unlabeled": roles["unlabeled"]}], f)
-    # "another dataset" preprocessed with these plans: renamed copies of two unlabeled images
+def mixcl_dataset(hidden_label_dataset, tmp_path_factory):
+    """conftest's Dataset988 (fold 0) plus "another dataset" preprocessed with its plans: renamed
+    copies of two unlabeled images in a folder of their own (the shared dataset is not changed)."""
+    ds = hidden_label_dataset
     extra = tmp_path_factory.mktemp("mixcl_extra_unlabeled")
-    for case in roles["unlabeled"][:2]:
-        shutil.copy(os.path.join(pre, "nnUNetPlans_2d", f"{case}.b2nd"), extra / f"other_{case}.b2nd")
-    return {"id": MIXCL_ID, "name": name, "roles": roles, "pre": pre, "extra": str(extra), **nnunet_dirs}
+    for case in ds["roles"]["unlabeled"][:2]:
+        shutil.copy(os.path.join(ds["pre"], "nnUNetPlans_2d", f"{case}.b2nd"), extra / f"other_{case}.b2nd")
+    return {**ds, "extra": str(extra)}
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,14 @@
 """nnUNetTrainerMONA: unit checks of its pieces, then end to end on CPU with the stock commands.
 
 (a) decoder hooks on a tiny PlainConvUNet (shapes, gating); on a trainer initialised from the
-    Dataset996 plans (no run loop): every MONA term sends gradient to the student (and, for the
+    Dataset988 plans (conftest, no run loop): every MONA term sends gradient to the student (and, for the
     terms that use it, the student head) but never to the teacher or the teacher head; the
     teacher head, class banks and NN queue round-trip through the checkpoint state exactly.
 (b) nnUNetv2_train (2 epochs x 2 iterations, unlabeled labels removed) -> --c to 3 epochs ->
     nnUNetv2_predict.
 """
 import io
-import json
 import os
-import shutil
 import sys
 
 import numpy as np
@@ -19,14 +17,11 @@ import torch
 from torch import nn
 
 from conftest import run_cmd
-from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
 from nnunet_mona.modules.feature_hooks import (DecoderFeatureCollector, decoder_level_channels,
                                                decoder_level_strides)
 
 BIN = os.path.dirname(sys.executable)
 TRAINER = "nnUNetTrainerMONA"
-DATASET_ID = 996
-DATASET_NAME = "Dataset996_MonaTrainer"
 MONA_TERMS = ("unsup", "contrast", "nn", "eqv", "confident_fraction")
 
 
@@ -60,26 +55,7 @@ def test_feature_hooks_shapes_and_gating():
     assert collector._maps == {}
 
 
-# ---------------------------------------------------------------- dataset and trainer fixtures
-@pytest.fixture(scope="module")
-def mona_dataset(nnunet_dirs):
-    """Dataset996: 3 labeled + 4 'unlabeled' patients (hidden by the split), 1 test patient."""
-    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=DATASET_ID, dataset_name="MonaTrainer",
-                                    n_labeled_patients=3, n_unlabeled_patients=4, n_test_patients=1,
-                                    size=(64, 64), n_slices=2, unlabeled_as_training_cases=True, seed=3)
-    run_cmd([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1",
-             "--no_pbar"])
-    pre = os.path.join(nnunet_dirs["preprocessed"], DATASET_NAME)
-    # a small validation set keeps nnU-Net's final validation short
-    with open(os.path.join(pre, "splits_final.json"), "w") as f:
-        json.dump([{"train": roles["labeled"], "val": roles["labeled"][:1], "unlabeled": roles["unlabeled"]}], f)
-    hidden = os.path.join(nnunet_dirs["preprocessed"], "hidden_labels_996")
-    os.makedirs(hidden, exist_ok=True)
-    for case in roles["unlabeled"]:
-        shutil.move(os.path.join(pre, "nnUNetPlans_2d", f"{case}_seg.b2nd"), hidden)
-    return {"roles": roles, "pre": pre, **nnunet_dirs}
-
-
+# ---------------------------------------------------------------- trainer fixtures (dataset: conftest, fold 0)
 def _make_trainer(pre, name=TRAINER, configuration="2d", plans=None):
     from batchgenerators.utilities.file_and_folder_operations import load_json
     import nnunet_mona.trainers as trainers
@@ -111,9 +87,9 @@ def _fake_step(trainer, seed=0):
 
 
 @pytest.fixture(scope="module")
-def unit_trainer(mona_dataset):
+def unit_trainer(hidden_label_dataset):
     torch.manual_seed(0)  # network init, mixing and warps draw from the global generator
-    trainer = _make_trainer(mona_dataset["pre"])
+    trainer = _make_trainer(hidden_label_dataset["pre"])
     # a random teacher is never confident: open the thresholds so every term is non-trivial
     trainer.unsup_threshold = 0.0
     trainer.contrast_positive_threshold = 0.0
@@ -143,7 +119,7 @@ def test_each_term_trains_student_and_head_only(unit_trainer):
         assert all(p.grad is None for p in frozen), name
 
 
-def test_banks_queue_and_teacher_head_round_trip(unit_trainer, mona_dataset):
+def test_banks_queue_and_teacher_head_round_trip(unit_trainer, hidden_label_dataset):
     tr = unit_trainer
     for seed in range(2):
         _fake_step(tr, seed)
@@ -155,7 +131,7 @@ def test_banks_queue_and_teacher_head_round_trip(unit_trainer, mona_dataset):
     buffer = io.BytesIO()
     torch.save(tr.extra_checkpoint_state(), buffer)
     buffer.seek(0)
-    other = _make_trainer(mona_dataset["pre"])
+    other = _make_trainer(hidden_label_dataset["pre"])
     assert sum(other.mona_state["class_bank"].sizes()) == 0
     other.load_extra_checkpoint_state(torch.load(buffer, weights_only=False))
     restored = other.mona_state.state_dict()
@@ -165,12 +141,12 @@ def test_banks_queue_and_teacher_head_round_trip(unit_trainer, mona_dataset):
     assert other.mona_state["class_bank"].sizes() == tr.mona_state["class_bank"].sizes()
 
 
-def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_trainer, mona_dataset):
+def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_trainer, hidden_label_dataset):
     from nnunet_mona.augment.warps import warp
     tr = unit_trainer
     plans_batch = tr.configuration_manager.batch_size
-    assert tr.batch_size == max(1, round(plans_batch / 2)) and tr.unlabeled_batch_size == tr.batch_size
-    assert tr.probabilistic_oversampling == (tr.batch_size == 1)
+    assert tr.batch_size == max(2, round(plans_batch / 2)) and tr.unlabeled_batch_size == tr.batch_size
+    assert [tr._part_batch_size(b, 0.5) for b in (1, 2, 3, 4, 5, 56)] == [2, 2, 2, 2, 2, 28]
 
     tr.labeled_batch_fraction = tr.unlabeled_batch_fraction = 1.0  # instance override: B + B
     try:
@@ -179,7 +155,7 @@ def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_traine
     finally:
         del tr.labeled_batch_fraction, tr.unlabeled_batch_fraction
         tr._set_batch_size_and_oversample()
-    assert tr.batch_size == max(1, round(plans_batch / 2))
+    assert tr.batch_size == max(2, round(plans_batch / 2))
 
     assert [tr.num_warped(b) for b in (1, 2, 3, 4, 8)] == [1, 1, 2, 2, 4]
     g = torch.Generator().manual_seed(1)
@@ -194,22 +170,22 @@ def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_traine
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerMONA_noContrast", "nnUNetTrainerMONA_noEquivariance",
                                   "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix"])
-def test_variants_compute_their_terms(mona_dataset, name):
+def test_variants_compute_their_terms(hidden_label_dataset, name):
     torch.manual_seed(0)
-    trainer = _make_trainer(mona_dataset["pre"], name)
+    trainer = _make_trainer(hidden_label_dataset["pre"], name)
     trainer.contrast_positive_threshold = 0.0
     terms = _fake_step(trainer)
     assert set(terms) == set(trainer.loss_term_names)
     assert all(torch.isfinite(v) for v in terms.values())
 
 
-def test_3d_configuration_is_refused(mona_dataset):
+def test_3d_configuration_is_refused(hidden_label_dataset):
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    plans = load_json(os.path.join(mona_dataset["pre"], "nnUNetPlans.json"))
+    plans = load_json(os.path.join(hidden_label_dataset["pre"], "nnUNetPlans.json"))
     fake_3d = dict(plans["configurations"]["2d"], patch_size=[8, 64, 64])
     plans["configurations"]["3d_fullres"] = fake_3d
     with pytest.raises(RuntimeError, match="2D-only"):
-        _make_trainer(mona_dataset["pre"], configuration="3d_fullres", plans=plans)
+        _make_trainer(hidden_label_dataset["pre"], configuration="3d_fullres", plans=plans)
 
 
 # ---------------------------------------------------------------- end to end
@@ -221,13 +197,13 @@ def _budget_env(epochs, iterations=2):
 
 
 @pytest.fixture(scope="module")
-def trained_mona(mona_dataset):
-    ds = mona_dataset
-    fold = os.path.join(ds["results"], DATASET_NAME, f"{TRAINER}__nnUNetPlans__2d", "fold_0")
-    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
+def trained_mona(hidden_label_dataset):
+    ds = hidden_label_dataset
+    fold = os.path.join(ds["results"], ds["name"], f"{TRAINER}__nnUNetPlans__2d", "fold_0")
+    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(ds["id"]), "2d", "0", "-tr", TRAINER, "-device", "cpu"],
             env=_budget_env(2))
     first = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
-    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", TRAINER, "-device", "cpu",
+    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(ds["id"]), "2d", "0", "-tr", TRAINER, "-device", "cpu",
              "--c"], env=_budget_env(3))
     second = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     return {"ds": ds, "fold": fold, "first": first, "second": second}
@@ -261,8 +237,8 @@ def test_resume_restores_banks_queue_and_teacher_head(trained_mona):
 
 def test_predict(trained_mona, tmp_path):
     ds = trained_mona["ds"]
-    images = os.path.join(ds["raw"], DATASET_NAME, "imagesTs")
-    run_cmd([os.path.join(BIN, "nnUNetv2_predict"), "-i", images, "-o", str(tmp_path), "-d", str(DATASET_ID),
+    images = os.path.join(ds["raw"], ds["name"], "imagesTs")
+    run_cmd([os.path.join(BIN, "nnUNetv2_predict"), "-i", images, "-o", str(tmp_path), "-d", str(ds["id"]),
              "-c", "2d", "-tr", TRAINER, "-f", "0", "-device", "cpu", "-npp", "1", "-nps", "1",
              "--disable_progress_bar"])
     predicted = sorted(p for p in os.listdir(tmp_path) if p.endswith(".nii.gz"))

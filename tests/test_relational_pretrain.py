@@ -1,6 +1,6 @@
 """Relational pre-training trainers (MONA stage 1, ACTION stages i-ii) and fine-tuning from them.
 
-(a) in-process trainers on the Dataset999 plans (no run loop, random tensors):
+(a) in-process trainers on the Dataset988 plans (conftest; no run loop, random tensors):
     global / local ISD send gradient to the student and its own heads, never to the teacher or
     the teacher heads; the queues are FIFO over teacher keys and, with the teacher heads, survive
     save_checkpoint -> load_checkpoint (the --c path); the ACTION encoder stage freezes the
@@ -8,9 +8,9 @@
     accepted by nnU-Net's load_pretrained_weights for stage ii.
 (b) nnUNetv2_train -tr nnUNetTrainerMONAPretrain (1 epoch x 2 iterations), then
     nnUNetTrainerMONA -pretrained_weights <its checkpoint_final.pth> (1 x 2): it starts from the
-    pretrained encoder.
+    pretrained encoder. Fold 1: test_mona_trainer trains nnUNetTrainerMONA on fold 0 of the same
+    dataset.
 """
-import json
 import os
 import sys
 
@@ -19,25 +19,9 @@ import pytest
 import torch
 
 from conftest import run_cmd
-from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
 
 BIN = os.path.dirname(sys.executable)
-DATASET_ID = 999
-DATASET_NAME = "Dataset999_RelationalPretrain"
-
-
-@pytest.fixture(scope="module")
-def pretrain_dataset(nnunet_dirs):
-    """Dataset999: 3 labeled + 4 'unlabeled' patients (unlabeled via the split), 1 test patient."""
-    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=DATASET_ID, dataset_name="RelationalPretrain",
-                                    n_labeled_patients=3, n_unlabeled_patients=4, n_test_patients=1,
-                                    size=(64, 64), n_slices=2, unlabeled_as_training_cases=True, seed=9)
-    run_cmd([os.path.join(BIN, "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", "1",
-             "--no_pbar"])
-    pre = os.path.join(nnunet_dirs["preprocessed"], DATASET_NAME)
-    with open(os.path.join(pre, "splits_final.json"), "w") as f:  # 1 validation case: short final validation
-        json.dump([{"train": roles["labeled"], "val": roles["labeled"][:1], "unlabeled": roles["unlabeled"]}], f)
-    return {"roles": roles, "pre": pre, **nnunet_dirs}
+FOLD = "1"  # fold 0's nnUNetTrainerMONA output folder belongs to test_mona_trainer
 
 
 def _make_trainer(pre, name="nnUNetTrainerMONAPretrain"):
@@ -89,9 +73,9 @@ def _fill_queues(trainer, n_images=6):
 
 
 @pytest.fixture(scope="module")
-def unit_trainer(pretrain_dataset):
+def unit_trainer(hidden_label_dataset):
     torch.manual_seed(0)
-    trainer = _make_trainer(pretrain_dataset["pre"])
+    trainer = _make_trainer(hidden_label_dataset["pre"])
     _fill_queues(trainer)
     return trainer
 
@@ -130,9 +114,9 @@ def test_isd_terms_train_student_and_its_heads_only(unit_trainer):
         assert all(p.grad is None for p in frozen), name
 
 
-def test_queues_fifo_and_checkpoint_round_trip(pretrain_dataset, tmp_path):
+def test_queues_fifo_and_checkpoint_round_trip(hidden_label_dataset, tmp_path):
     torch.manual_seed(1)
-    tr = _make_trainer(pretrain_dataset["pre"])
+    tr = _make_trainer(hidden_label_dataset["pre"])
     queue = tr.relational_state["global_queue"]
     for seed in range(3):
         _fake_terms(tr, seed)
@@ -152,7 +136,7 @@ def test_queues_fifo_and_checkpoint_round_trip(pretrain_dataset, tmp_path):
     # save_checkpoint -> load_checkpoint into a fresh trainer (what --c does)
     path = str(tmp_path / "checkpoint.pth")
     tr.save_checkpoint(path)
-    other = _make_trainer(pretrain_dataset["pre"])
+    other = _make_trainer(hidden_label_dataset["pre"])
     assert len(other.relational_state["global_queue"]) == 0
     other.load_checkpoint(path)
     state, restored = tr.relational_state.state_dict(), other.relational_state.state_dict()
@@ -163,10 +147,10 @@ def test_queues_fifo_and_checkpoint_round_trip(pretrain_dataset, tmp_path):
         assert torch.equal(a, b), k
 
 
-def test_action_encoder_stage_freezes_decoder_and_feeds_stage_two(pretrain_dataset, tmp_path, monkeypatch):
+def test_action_encoder_stage_freezes_decoder_and_feeds_stage_two(hidden_label_dataset, tmp_path, monkeypatch):
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     torch.manual_seed(2)
-    tr = _make_trainer(pretrain_dataset["pre"], "nnUNetTrainerACTIONPretrainEncoder")
+    tr = _make_trainer(hidden_label_dataset["pre"], "nnUNetTrainerACTIONPretrainEncoder")
     assert set(tr.auxiliary_modules) == {"global_projector", "global_predictor"}
     assert set(tr.relational_state) == {"global_teacher_projector", "global_queue"}
     encoder = dict(tr.network.encoder.named_parameters())
@@ -188,7 +172,7 @@ def test_action_encoder_stage_freezes_decoder_and_feeds_stage_two(pretrain_datas
     # stage ii: nnU-Net's -pretrained_weights loader accepts the stage-i checkpoint; decoder trains again
     path = str(tmp_path / "checkpoint_final.pth")
     tr.save_checkpoint(path)
-    stage2 = _make_trainer(pretrain_dataset["pre"], "nnUNetTrainerACTIONPretrain")
+    stage2 = _make_trainer(hidden_label_dataset["pre"], "nnUNetTrainerACTIONPretrain")
     assert stage2.supervised_weight == 0.5 and all(p.requires_grad for p in stage2.network.parameters())
     load_pretrained_weights(stage2.network, path)
     for k, v in tr.network.state_dict().items():
@@ -211,11 +195,11 @@ def _budget_env():
     return env
 
 
-def test_pretrain_then_finetune_end_to_end(pretrain_dataset):
-    ds = pretrain_dataset
-    results = os.path.join(ds["results"], DATASET_NAME)
-    pre_fold = os.path.join(results, "nnUNetTrainerMONAPretrain__nnUNetPlans__2d", "fold_0")
-    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainerMONAPretrain",
+def test_pretrain_then_finetune_end_to_end(hidden_label_dataset):
+    ds = hidden_label_dataset
+    results = os.path.join(ds["results"], ds["name"])
+    pre_fold = os.path.join(results, "nnUNetTrainerMONAPretrain__nnUNetPlans__2d", f"fold_{FOLD}")
+    run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(ds["id"]), "2d", FOLD, "-tr", "nnUNetTrainerMONAPretrain",
              "-device", "cpu"], env=_budget_env())
     pretrained = os.path.join(pre_fold, "checkpoint_final.pth")
     ckpt = torch.load(pretrained, map_location="cpu", weights_only=False)
@@ -226,11 +210,11 @@ def test_pretrain_then_finetune_end_to_end(pretrain_dataset):
     assert {"global_projector", "global_predictor", "local_projector", "local_predictor"} <= \
         {k.split(".")[0] for k in ckpt["semi_supervised"]["auxiliary_modules"]}
 
-    stdout = run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", "nnUNetTrainerMONA",
+    stdout = run_cmd([os.path.join(BIN, "nnUNetv2_train"), str(ds["id"]), "2d", FOLD, "-tr", "nnUNetTrainerMONA",
                       "-device", "cpu", "-pretrained_weights", pretrained], env=_budget_env())
     assert "Loading pretrained weights from file" in stdout
-    fine = torch.load(os.path.join(results, "nnUNetTrainerMONA__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth"),
-                      map_location="cpu", weights_only=False)
+    fine = torch.load(os.path.join(results, "nnUNetTrainerMONA__nnUNetPlans__2d", f"fold_{FOLD}",
+                                   "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert fine["trainer_name"] == "nnUNetTrainerMONA"
     # 2 SGD steps from the pretrained encoder stay close to it; a fresh init would be unrelated
     key = "encoder.stages.0.0.convs.0.conv.weight"
