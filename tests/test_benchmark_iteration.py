@@ -59,10 +59,10 @@ def test_batch_column_splits_the_plans_batch(benchmark_table):
     rows, plans_batch = benchmark_table["rows"], benchmark_table["plans_batch"]
     assert rows["nnUNetTrainer"]["batch"] == f"{plans_batch}+0"
     labeled, unlabeled = (int(n) for n in rows["nnUNetTrainerMONA"]["batch"].split("+"))
-    # B/2 labeled + B/2 unlabeled patches, as MONA's 4+4 (round half to even, at least 1 each)
-    half = max(1, round(plans_batch / 2))
+    # B/2 labeled + B/2 unlabeled patches, as MONA's 4+4 (round half to even, at least 2 each)
+    half = max(2, round(plans_batch / 2))
     assert labeled == unlabeled == half
-    if plans_batch % 2 == 0:
+    if plans_batch % 2 == 0 and plans_batch >= 4:
         assert labeled + unlabeled == plans_batch
 
 
