@@ -1,10 +1,16 @@
-"""The trainers under nnU-Net's torch.compile path, which is on by default on CUDA.
+"""The trainers under the two code paths nnU-Net takes only on CUDA: torch.compile and autocast.
 
+(a) torch.compile.
 nnU-Net compiles ``self.network`` inside ``initialize`` on CUDA only. The semi-supervised trainers
 hook decoder features on the unwrapped network (MONA, ACTION, relational pretraining, MixCL): the
 hooks must still fire, and the gradient still flow, through the compiled module. No GPU here, so
 the compile path is forced on CPU with the ``aot_eager`` backend: it runs TorchDynamo's graph
 capture and AOTAutograd (where hooks and graph breaks are handled) without generating kernels.
+
+(b) mixed precision. On CUDA the forward and the losses run under fp16 autocast, with fp16 memory
+banks. Here CPU bf16 autocast stands in: an op that mixes half- and full-precision tensors outside
+autocast's casting rules, or a loss that needs fp32 and does not ask for it, fails or goes
+non-finite the same way.
 """
 import functools
 import os
@@ -24,25 +30,27 @@ def compile_with_aot_eager(monkeypatch):
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("name", TRAINERS)
-def test_trainer_steps_with_compiled_network(hidden_label_dataset, compile_with_aot_eager, name):
+def _trainer(dataset, name, suffix, overrides):
     from batchgenerators.utilities.file_and_folder_operations import load_json
     import nnunet_mona.trainers as trainers
-    from nnunet_mona.modules.ema_teacher import unwrap_network
 
-    pre = hidden_label_dataset["pre"]
+    pre = dataset["pre"]
     plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
     plans["continue_training"] = False
-    base = getattr(trainers, name)
     # own class name: its output folder is apart from the other modules' trainers
-    compiled_cls = type(name + "_compileTest", (base,), {"_do_i_compile": lambda self: True})
+    cls = type(name + suffix, (getattr(trainers, name),), overrides)
     torch.manual_seed(0)
-    trainer = compiled_cls(plans, "2d", 2, load_json(os.path.join(pre, "dataset.json")), device=torch.device("cpu"))
+    trainer = cls(plans, "2d", 2, load_json(os.path.join(pre, "dataset.json")), device=torch.device("cpu"))
     trainer.initialize()
-    assert isinstance(trainer.network, torch._dynamo.eval_frame.OptimizedModule)
     trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
     trainer.network.train()
     trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
+    return trainer
+
+
+def _two_steps_train_everything(trainer) -> dict:
+    """Two train_steps; every loss term finite, network and heads moved. Returns the last step's output."""
+    from nnunet_mona.modules.ema_teacher import unwrap_network
     before = [p.detach().clone() for p in unwrap_network(trainer.network).parameters()]
     heads_before = [p.detach().clone() for p in trainer.auxiliary_modules.parameters()]
     for _ in range(2):
@@ -50,8 +58,30 @@ def test_trainer_steps_with_compiled_network(hidden_label_dataset, compile_with_
     # every term of the method was computed (the hooked features reached the heads) and is finite
     for term in trainer.loss_term_names:
         assert term in out and np.isfinite(out[term]), (term, out)
-    assert out["skipped_steps"] == 0
-    # the optimizer moved the network and the heads: gradient flowed through the compiled forward
+    assert out["skipped_steps"] == 0 and np.isfinite(out["loss"])
+    # the optimizer moved the network and the heads: gradient flowed through the forward
     after = list(unwrap_network(trainer.network).parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before))
     assert any(not torch.equal(a, b) for a, b in zip(trainer.auxiliary_modules.parameters(), heads_before))
+    return out
+
+
+@pytest.mark.parametrize("name", TRAINERS)
+def test_trainer_steps_with_compiled_network(hidden_label_dataset, compile_with_aot_eager, name):
+    trainer = _trainer(hidden_label_dataset, name, "_compileTest", {"_do_i_compile": lambda self: True})
+    assert isinstance(trainer.network, torch._dynamo.eval_frame.OptimizedModule)
+    _two_steps_train_everything(trainer)
+
+
+@pytest.mark.parametrize("name", TRAINERS + ["nnUNetTrainerACTION"])
+def test_trainer_steps_under_autocast(hidden_label_dataset, monkeypatch, name):
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    entered = []
+
+    def bf16_autocast(self):
+        entered.append(True)
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+
+    trainer = _trainer(hidden_label_dataset, name, "_autocastTest", {"autocast_context": bf16_autocast})
+    _two_steps_train_everything(trainer)
+    assert entered  # the trainer's forward really ran under autocast
