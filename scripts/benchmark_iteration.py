@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Per-iteration cost of nnU-Net trainers side by side: time per ``train_step`` and peak GPU memory.
 
-    python scripts/benchmark_iteration.py -d 996 -c 2d --trainers nnUNetTrainer nnUNetTrainerMONA \
+    python scripts/benchmark_iteration.py -d 27 -c 2d --trainers nnUNetTrainer nnUNetTrainerMONA \
         --iterations 20 --warmup 3 --device cuda
 
 Each trainer is instantiated directly on the same plans (``plans['continue_training'] = False``,
