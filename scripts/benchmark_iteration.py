@@ -137,6 +137,10 @@ def main(argv=None):
                         help="run all trainers in this process (default: one fresh process per trainer)")
     parser.add_argument("--json", action="store_true", help="print only the results as one JSON line")
     args = parser.parse_args(argv)
+    if args.in_process and args.device != "cuda" and len(args.trainers) > 1:
+        # ru_maxrss only grows: a later trainer's peak would hide below an earlier one's
+        parser.error("--in-process measures CPU memory for one trainer per process: give one trainer, "
+                     "or drop --in-process (the default runs each trainer in its own process)")
     if not args.in_process:
         results = []
         for t in args.trainers:

@@ -6,8 +6,8 @@ One iteration (the base class runs steps 1, 4, 6 and the optimizer step):
   2. mixing (``mix_mode``: cutmix / cutout / classmix, partner permutation) applied alike to the
      strong images, pseudo-labels, confidences, teacher probabilities and the valid mask, then the
      GPU strong photometric view; the equivariance warp T of that view is appended to the batch;
-  3. ONE student forward on [labeled ; mixed strong ; T(first eqv_batch_fraction of mixed strong)] (hooks collect its decoder
-     features), so AMP / compile / DDP see a single forward and a single backward;
+  3. ONE student forward on [labeled ; mixed strong ; T(first eqv_batch_fraction of mixed strong)]
+     (hooks collect its decoder features), so AMP / compile / DDP see a single forward and backward;
   4. losses: nnU-Net's DS Dice+CE on the labeled part, and
        unsup    confidence-weighted pseudo-label CE (ReCo style, threshold 0.97),
        contrast tail-aware anatomical InfoNCE on the multi-scale representation (1/4 resolution),
@@ -224,7 +224,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         return student_input
 
     def num_warped(self, num_unlabeled: int) -> int:
-        """How many of the (already shuffled) unlabeled images get an equivariance copy (>= 1)."""
+        """How many unlabeled images get an equivariance copy (>= 1): the first ones, a random subset
+        since the unlabeled patches are drawn at random."""
         return min(num_unlabeled, max(1, int(round(num_unlabeled * self.eqv_batch_fraction))))
 
     # ------------------------------------------------------------------ losses
