@@ -137,8 +137,10 @@ def test_chain_specs_and_layout():
     lay = Layout("/out", "Dataset1_X")
     single, chain = lay.run_paths(3, specs[0]), lay.run_paths(3, specs[1])
     # a single trainer keeps the old layout; a chain has its own nnUNet_results, its last stage is evaluated
-    assert single.fold_folder("nnUNetTrainerBudget") == lay.fold_folder(3, "nnUNetTrainerBudget")
-    assert (single.predictions, single.metrics) == (lay.predictions(3, specs[0]), lay.metrics(3, specs[0]))
+    assert single.fold_folder("nnUNetTrainerBudget") == \
+        "/out/labeled_3/nnUNet_results/Dataset1_X/nnUNetTrainerBudget__nnUNetPlans__2d/fold_0"
+    assert (single.predictions, single.metrics) == ("/out/labeled_3/predictions/nnUNetTrainerBudget",
+                                                    "/out/labeled_3/metrics/nnUNetTrainerBudget.json")
     assert chain.results_root == f"/out/labeled_3/chains/{specs[1]}/nnUNet_results"
     assert chain.fold_folder("nnUNetTrainerBudget").startswith(chain.results_root + "/Dataset1_X/nnUNetTrainerBudget__")
     assert chain.final == "nnUNetTrainerBudget" and chain.predictions.startswith(chain.results_root[:-len("nnUNet_results")])

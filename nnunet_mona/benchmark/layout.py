@@ -42,31 +42,6 @@ class Layout:
     def preprocessed_root(self, n: int) -> str:
         return self.labeled(n, "nnUNet_preprocessed")
 
-    def results_root(self, n: int) -> str:
-        return self.labeled(n, "nnUNet_results")
-
-    def fold_folder(self, n: int, trainer: str) -> str:
-        return os.path.join(self.results_root(n), self.dataset_name, f"{trainer}__{self.plans}__{self.configuration}",
-                            f"fold_{self.fold}")
-
-    def train_log(self, n: int, trainer: str) -> str:
-        return self.labeled(n, "logs", f"train_{trainer}.log")
-
-    def predict_log(self, n: int, trainer: str) -> str:
-        return self.labeled(n, "logs", f"predict_{trainer}.log")
-
-    def train_record(self, n: int, trainer: str) -> str:
-        return self.labeled(n, "records", f"{trainer}_train.json")
-
-    def predict_record(self, n: int, trainer: str) -> str:
-        return self.labeled(n, "records", f"{trainer}_predict.json")
-
-    def predictions(self, n: int, trainer: str) -> str:
-        return self.labeled(n, "predictions", trainer)
-
-    def metrics(self, n: int, trainer: str) -> str:
-        return self.labeled(n, "metrics", f"{trainer}.json")
-
     def file(self, name: str) -> str:
         return os.path.join(self.output, name)
 
