@@ -23,7 +23,7 @@ from nnunet_mona.modules.memory_bank import ClassMemoryBank
 
 BIN = os.path.dirname(sys.executable)
 TRAINER = "nnUNetTrainerACTION"
-ACTION_TERMS = ("unsup", "contrast", "confident_fraction")
+ACTION_TERMS = ("unsup", "unsup_dice", "contrast", "confident_fraction")
 
 
 def gen(seed=0):
@@ -191,7 +191,7 @@ def test_trainer_weights_supervision_and_trains_student_only(hidden_label_datase
     from test_mona_trainer import _fake_step, _make_trainer
     torch.manual_seed(0)
     tr = _make_trainer(hidden_label_dataset["pre"], TRAINER)
-    assert not tr.use_nn and not tr.use_equivariance and tr.loss_weights == {"unsup": 1.0, "contrast": 0.01}
+    assert not tr.use_nn and not tr.use_equivariance and tr.loss_weights == {"unsup": 1.0, "unsup_dice": 1.0, "contrast": 0.01}
     out = [torch.randn(2, 4, 64 // 2 ** i, 64 // 2 ** i) for i in range(len(tr._get_deep_supervision_scales()))]
     target = [torch.randint(0, 4, (2, 1) + o.shape[2:]).float() for o in out]
     # the base train_step multiplies the unchanged nnU-Net loss by supervised_weight

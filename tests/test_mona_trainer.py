@@ -22,7 +22,7 @@ from nnunet_mona.modules.feature_hooks import (DecoderFeatureCollector, decoder_
 
 BIN = os.path.dirname(sys.executable)
 TRAINER = "nnUNetTrainerMONA"
-MONA_TERMS = ("unsup", "contrast", "nn", "eqv", "confident_fraction")
+MONA_TERMS = ("unsup", "unsup_dice", "contrast", "nn", "eqv", "confident_fraction")
 
 
 def _tiny_unet():
@@ -107,15 +107,20 @@ def test_each_term_trains_student_and_head_only(unit_trainer):
     head = list(tr.auxiliary_modules.parameters())
     frozen = list(tr.teacher.parameters()) + list(tr.mona_state["teacher_head"].parameters())
     assert all(not p.requires_grad for p in frozen)
-    for name in ("unsup", "contrast", "nn", "eqv"):
+    for name in ("unsup", "unsup_dice", "contrast", "nn", "eqv"):
         value = terms[name]
         assert torch.isfinite(value) and value.item() > 0, (name, value)
         for p in student + head:
             p.grad = None
         value.backward(retain_graph=True)
-        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student), name
+        student_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in student)
+        # the nn pull trains the predictor only (nn_gradient_to_network False): a collapsed
+        # representation would satisfy it, so it must not reach the decoder
+        assert student_grad == (name != "nn"), name
         head_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
         assert head_grad == (name in ("contrast", "nn")), name  # unsup/eqv do not use the head
+        if name == "nn":
+            assert all(p.grad is None or p.grad.abs().sum() == 0 for p in tr.auxiliary_modules["head"].parameters())
         assert all(p.grad is None for p in frozen), name
 
 
@@ -145,7 +150,8 @@ def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_traine
     from nnunet_mona.augment.warps import warp
     tr = unit_trainer
     plans_batch = tr.configuration_manager.batch_size
-    assert tr.batch_size == max(2, round(plans_batch / 2)) and tr.unlabeled_batch_size == tr.batch_size
+    # MONA: the plans' batch of labeled patches (as plain nnU-Net) + half of it unlabeled
+    assert tr.batch_size == plans_batch and tr.unlabeled_batch_size == max(2, round(plans_batch / 2))
     assert [tr._part_batch_size(b, 0.5) for b in (1, 2, 3, 4, 5, 56)] == [2, 2, 2, 2, 2, 28]
 
     tr.labeled_batch_fraction = tr.unlabeled_batch_fraction = 1.0  # instance override: B + B
@@ -155,7 +161,7 @@ def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_traine
     finally:
         del tr.labeled_batch_fraction, tr.unlabeled_batch_fraction
         tr._set_batch_size_and_oversample()
-    assert tr.batch_size == max(2, round(plans_batch / 2))
+    assert tr.batch_size == plans_batch
 
     assert [tr.num_warped(b) for b in (1, 2, 3, 4, 8)] == [1, 1, 2, 2, 4]
     g = torch.Generator().manual_seed(1)

@@ -33,3 +33,34 @@ def softmax_mse(student_logits: torch.Tensor, teacher_probs: torch.Tensor, valid
     diff = (torch.softmax(student_logits.float(), dim=1) - teacher_probs.float()) ** 2
     per_pixel = diff.mean(dim=1)
     return (per_pixel * valid).sum() / valid.sum().clamp_min(1)
+
+
+def masked_pseudo_label_dice(student_logits: torch.Tensor, pseudo_label: torch.Tensor, mask: torch.Tensor,
+                             include_background: bool = False, smooth: float = 1e-5) -> torch.Tensor:
+    """Soft Dice loss (1 - mean class Dice) of the student against hard pseudo-labels on ``mask``.
+
+    The Dice is computed over the whole batch per class (nnU-Net's batch Dice), so a small
+    foreground structure weighs as much as the background: it counters the unlabeled stream's
+    background majority, which dominates a per-pixel cross-entropy.
+
+    Args:
+        student_logits: (B, K, *S) logits (computed in fp32).
+        pseudo_label: (B, *S) long in [0, K) or -1 (ignored).
+        mask: (B, *S) bool, the pixels that count (confident and valid).
+        include_background: whether class 0 enters the mean (nnU-Net: no).
+    Returns:
+        scalar in [0, 1]; 0 (connected to the graph) when no pixel counts. Classes with no target
+        and no predicted mass on the mask contribute Dice 1 (smooth / smooth).
+    """
+    probs = torch.softmax(student_logits.float(), dim=1)
+    k = probs.shape[1]
+    m = (mask & (pseudo_label >= 0)).unsqueeze(1).float()  # (B, 1, *S)
+    if m.sum() == 0:
+        return student_logits.float().sum() * 0.0
+    onehot = torch.zeros_like(probs).scatter_(1, pseudo_label.clamp_min(0).long().unsqueeze(1), 1.0)
+    reduce_dims = [0] + list(range(2, probs.ndim))
+    intersection = (probs * onehot * m).sum(reduce_dims)
+    denominator = (probs * m).sum(reduce_dims) + (onehot * m).sum(reduce_dims)
+    dice = (2 * intersection + smooth) / (denominator + smooth)  # (K,)
+    dice = dice if include_background or k == 1 else dice[1:]
+    return 1.0 - dice.mean()

@@ -6,6 +6,7 @@ from nnunet_mona.trainers.mona import nnUNetTrainerMONA
 from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix,
                                                nnUNetTrainerMONA_cutout, nnUNetTrainerMONA_noContrast,
                                                nnUNetTrainerMONA_noEquivariance, nnUNetTrainerMONA_noNN,
+                                               nnUNetTrainerMONA_paperRecipe,
                                                nnUNetTrainerMONA_stratified)
 from nnunet_mona.trainers.mixcl import nnUNetTrainerMixCLPretrain
 from nnunet_mona.trainers.relational_pretrain import (nnUNetTrainerACTIONPretrain, nnUNetTrainerACTIONPretrainEncoder,
@@ -17,6 +18,7 @@ __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerM
            "nnUNetTrainerMeanTeacher_MSE", "nnUNetTrainerMONA", "nnUNetTrainerMONA_noContrast",
            "nnUNetTrainerMONA_noNN", "nnUNetTrainerMONA_noEquivariance", "nnUNetTrainerMONA_stratified",
            "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",
+           "nnUNetTrainerMONA_paperRecipe",
            "nnUNetTrainerMixCLPretrain",
            "nnUNetTrainerMONAPretrain", "nnUNetTrainerACTIONPretrainEncoder", "nnUNetTrainerACTIONPretrain",
            "nnUNetTrainerACTION", "nnUNetTrainerACTION_noHardNegatives", "nnUNetTrainerACTION_noHardQueries"]

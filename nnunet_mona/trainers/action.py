@@ -48,8 +48,8 @@ class nnUNetTrainerACTION(nnUNetTrainerMONA):
     contrast_positive_threshold = 0.0  # no delta_p
     contrast_negative_threshold = float("inf")  # no delta_n
     contrast_use_memory_bank: bool = False
-    loss_weights = {"unsup": 1.0, "contrast": 0.01}
-    loss_term_names = ("unsup", "contrast", "confident_fraction")
+    loss_weights = {"unsup": 1.0, "unsup_dice": 1.0, "contrast": 0.01}
+    loss_term_names = ("unsup", "unsup_dice", "contrast", "confident_fraction")
     _student_labeled_logits: Optional[torch.Tensor] = None  # (N_l, K, *P), set during a step
 
     def compute_unlabeled_losses(self, student_outputs_unlabeled, student_input, unlabeled, labeled_outputs,

@@ -1,43 +1,73 @@
-"""Mean Teacher (Tarvainen & Valpola, 2017) inside nnU-Net: the classic semi-supervised baseline.
+"""Mean Teacher (Tarvainen & Valpola, 2017) inside nnU-Net, with today's weak-to-strong recipe.
 
-The EMA teacher predicts the weak view of an unlabeled patch; the student, on the strong view of
-the same patch (same geometry), is pulled towards it: by default cross-entropy to the teacher's
-confident pseudo-labels, or the original soft softmax-MSE (``nnUNetTrainerMeanTeacher_MSE``).
+The EMA teacher predicts the weak view of an unlabeled patch; the student sees the strong view of
+the same patch (same geometry), CutMix-ed with another unlabeled patch, and is pulled towards the
+teacher's confident pseudo-labels (mixed alike): cross-entropy plus a batch soft Dice on the
+confident pixels. The Dice weighs each structure like the background, which the plain
+cross-entropy does not: random unlabeled patches are mostly background. The labeled part keeps
+the plans' full batch (nnU-Net's own supervised signal per step is unchanged); the unlabeled
+patches come on top (half the plans' batch).
+
+``nnUNetTrainerMeanTeacher_MSE`` is the original soft consistency (softmax MSE, no mixing, no
+Dice, half + half batch).
 """
 from typing import Dict
 
 import torch
 
-from nnunet_mona.losses.consistency import masked_pseudo_label_ce, softmax_mse
+from nnunet_mona.augment.unlabeled_mixing import mix_unlabeled_batch
+from nnunet_mona.losses.consistency import masked_pseudo_label_ce, masked_pseudo_label_dice, softmax_mse
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     consistency: str = "masked_ce"  # or "mse"
     confidence_threshold: float = 0.9
-    loss_weights = {"unsup": 1.0}
-    loss_term_names = ("unsup", "confident_fraction")
+    # student view: the loader's strong view, mixed with a partner ('cutmix' | 'cutout' | 'classmix' | 'none')
+    mix_mode: str = "cutmix"
+    mix_area_fraction: float = 0.5
+    use_pseudo_label_dice: bool = True
+    # B labeled (as plain nnU-Net) + B/2 unlabeled patches per step
+    labeled_batch_fraction = 1.0
+    unlabeled_batch_fraction = 0.5
+    loss_weights = {"unsup": 1.0, "unsup_dice": 1.0}
+    loss_term_names = ("unsup", "unsup_dice", "confident_fraction")
     diagnostic_names = ("confident_fraction",)
+
+    def make_student_unlabeled_input(self, unlabeled, teacher_out) -> Dict[str, torch.Tensor]:
+        mixed = mix_unlabeled_batch(self.mix_mode, unlabeled["data_strong"], teacher_out["pseudo_label"],
+                                    teacher_out["confidence"], teacher_out["probs"], unlabeled["valid_mask"][:, 0],
+                                    self.mix_area_fraction)
+        return mixed
 
     def compute_unlabeled_losses(self, student_outputs_unlabeled, student_input, unlabeled, labeled_outputs,
                                  labeled_target) -> Dict[str, torch.Tensor]:
         # deep supervision: the consistency uses the full-resolution output only
         logits = student_outputs_unlabeled[0] if isinstance(student_outputs_unlabeled, (list, tuple)) \
             else student_outputs_unlabeled
-        valid = student_input["valid"]
-        confident_fraction = ((student_input["confidence"] >= self.confidence_threshold) & valid).sum() / \
-            valid.sum().clamp_min(1)
+        valid = student_input["valid"] & (student_input["pseudo_label"] >= 0)
+        confident = (student_input["confidence"] >= self.confidence_threshold) & valid
+        confident_fraction = confident.sum() / valid.sum().clamp_min(1)
+        terms = {"confident_fraction": confident_fraction.detach().float()}
         if self.consistency == "masked_ce":
-            unsup, _ = masked_pseudo_label_ce(logits, student_input["pseudo_label"], student_input["confidence"],
-                                              valid, self.confidence_threshold)
+            terms["unsup"], _ = masked_pseudo_label_ce(logits, student_input["pseudo_label"].clamp_min(0),
+                                                       student_input["confidence"], valid,
+                                                       self.confidence_threshold)
         elif self.consistency == "mse":
-            unsup = softmax_mse(logits, student_input["probs"], valid)
+            terms["unsup"] = softmax_mse(logits, student_input["probs"], valid)
         else:
             raise ValueError(f"unknown consistency {self.consistency!r}: use 'masked_ce' or 'mse'")
-        return {"unsup": unsup, "confident_fraction": confident_fraction.detach().float()}
+        if self.use_pseudo_label_dice:
+            terms["unsup_dice"] = masked_pseudo_label_dice(logits, student_input["pseudo_label"], confident)
+        return terms
 
 
 class nnUNetTrainerMeanTeacher_MSE(nnUNetTrainerMeanTeacher):
-    """The original soft consistency: MSE between student and teacher softmax."""
+    """The original soft consistency: MSE between student and teacher softmax (no mixing, no Dice, B/2 + B/2)."""
     consistency = "mse"
+    mix_mode = "none"
+    use_pseudo_label_dice = False
+    labeled_batch_fraction = 0.5
+    unlabeled_batch_fraction = 0.5
     loss_weights = {"unsup": 10.0}
+    loss_term_names = ("unsup", "confident_fraction")

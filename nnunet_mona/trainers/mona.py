@@ -32,9 +32,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_mona.augment.intensity import StrongPhotometricAugment
-from nnunet_mona.augment.mixing import apply_mix, classmix_masks, cutmix_box_masks, cutout, partner_permutation
+from nnunet_mona.augment.mixing import apply_mix
+from nnunet_mona.augment.unlabeled_mixing import mix_unlabeled_batch
 from nnunet_mona.augment.warps import RandomWarp, warp
 from nnunet_mona.losses.anatomical_contrast import anatomical_contrast_loss
+from nnunet_mona.losses.consistency import masked_pseudo_label_ce, masked_pseudo_label_dice
 from nnunet_mona.losses.entropy_split import alpha_schedule, reliability_masks
 from nnunet_mona.losses.equivariance import equivariance_loss
 from nnunet_mona.losses.nearest_neighbour import nearest_neighbour_loss
@@ -65,8 +67,18 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     # ---- unlabeled view
     mix_mode: str = "cutmix"  # 'cutmix' | 'cutout' | 'classmix' | 'none'
     mix_area_fraction: float = 0.5  # MONA: a box of half the patch
-    # ---- unsup (ReCo-style weighting, spec A.3.3(2))
-    unsup_threshold: float = 0.97
+    # second photometric pipeline on the GPU after the loader's strong view (MONA's code does both). Off:
+    # two strong pipelines in a row wash out the thin myocardium on ACDC (issue #11)
+    extra_photometric: bool = False
+    # B labeled (plain nnU-Net's supervised signal per step) + B/2 unlabeled patches
+    labeled_batch_fraction = 1.0
+    unlabeled_batch_fraction = 0.5
+    # ---- unsup. 'masked': CE on the pixels whose teacher confidence >= unsup_threshold plus a batch
+    # soft Dice on them (as nnUNetTrainerMeanTeacher). 'image_weighted': MONA's ReCo-style CE on every
+    # pixel, weighted per image by its confident fraction (spec A.3.3(2)); on ACDC with 3 labeled
+    # patients it taught the early teacher's background everywhere and RV was never predicted (issue #11)
+    unsup_mode: str = "masked"
+    unsup_threshold: float = 0.9
     # ---- representation head (spec E.4): bottleneck + all decoder stages fused at 1/stride
     representation_stride: int = 4
     head_proj_channels: int = 64
@@ -92,6 +104,10 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     use_nn: bool = True
     nn_queue_size: int = 36
     nn_k: int = 5
+    # the nn pull is trivially met by a constant representation; with its gradient reaching the decoder
+    # (weight 1) the representation collapsed on ACDC (contrast stuck at ln(1 + negatives), nn at 0).
+    # False: the nn term trains the student predictor only (on detached head outputs)
+    nn_gradient_to_network: bool = False
     # ---- equivariance (spec A.3.3(6))
     use_equivariance: bool = True
     eqv_warp_kind: str = "tps"  # RandomWarp kind: 'tps' (MONA) | 'affine' | 'smooth'
@@ -107,8 +123,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     # head passes a larger, not smaller, gradient than MONA's; 0.01 * contrast gives a student
     # gradient norm ~0.003 vs ~2.1 for the supervised loss (x0.0015). No larger weight is implied;
     # it stays a class attribute for tuning.
-    loss_weights = {"unsup": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 1.0}
-    loss_term_names = ("unsup", "contrast", "nn", "eqv", "confident_fraction")
+    loss_weights = {"unsup": 1.0, "unsup_dice": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 1.0}
+    loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "eqv", "confident_fraction")
     diagnostic_names = ("confident_fraction",)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -197,23 +213,15 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     def make_student_unlabeled_input(self, unlabeled, teacher_out):
         """Mixed + photometric strong view (B_u, C, *P) [+ its warp T, appended: 'image' is then
         (2 B_u, C, *P)]; pseudo-labels (-1 = ignore), confidences, probs and valid mask mixed alike."""
-        image, valid = unlabeled["data_strong"], unlabeled["valid_mask"][:, 0]
-        labels, conf, probs = teacher_out["pseudo_label"], teacher_out["confidence"], teacher_out["probs"]
+        mixed = mix_unlabeled_batch(self.mix_mode, unlabeled["data_strong"], teacher_out["pseudo_label"],
+                                    teacher_out["confidence"], teacher_out["probs"], unlabeled["valid_mask"][:, 0],
+                                    self.mix_area_fraction)
+        image, labels, conf, probs, valid = (mixed[k] for k in ("image", "pseudo_label", "confidence", "probs",
+                                                                "valid"))
+        mix_mask, partner = mixed["mix_mask"], mixed["partner"]
         b, spatial, device = image.shape[0], tuple(image.shape[2:]), image.device
-        mix_mask, partner = None, torch.arange(b, device=device)
-        if self.mix_mode == "cutout":
-            mix_mask = cutmix_box_masks(b, spatial, self.mix_area_fraction, device=device)
-            image, labels, conf, probs, valid = cutout(image, labels, conf, mix_mask, extra=(probs, valid))
-        elif self.mix_mode in ("cutmix", "classmix") and b >= 2:
-            partner = partner_permutation(b, device=device)
-            mix_mask = cutmix_box_masks(b, spatial, self.mix_area_fraction, device=device) \
-                if self.mix_mode == "cutmix" else classmix_masks(labels, num_classes=probs.shape[1])
-            image, labels, conf, probs, valid = apply_mix(image, labels, conf, mix_mask, partner,
-                                                          extra=(probs, valid))
-        elif self.mix_mode not in ("cutmix", "classmix", "none"):
-            raise ValueError(f"unknown mix_mode {self.mix_mode!r}: use cutmix, cutout, classmix or none")
-        labels = torch.where(valid, labels, torch.full_like(labels, -1))
-        image = self.photometric(image)
+        if self.extra_photometric:
+            image = self.photometric(image)
         student_input = {"image": image, "probs": probs, "confidence": conf, "pseudo_label": labels,
                          "valid": valid, "mix_mask": mix_mask, "partner": partner, "num_unlabeled": b}
         if self.use_equivariance:
@@ -237,24 +245,21 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         logits_u = logits[:n_u]
         valid = student_input["valid"]
         confident = (student_input["confidence"] >= self.unsup_threshold) & valid
-        terms = {
-            "unsup": confidence_weighted_pseudo_label_ce(logits_u, student_input["pseudo_label"],
-                                                         student_input["confidence"], valid, self.unsup_threshold),
-            "confident_fraction": (confident.sum() / valid.sum().clamp_min(1)).detach().float(),
-        }
+        terms = {"confident_fraction": (confident.sum() / valid.sum().clamp_min(1)).detach().float()}
+        terms.update(self._pseudo_label_losses(logits_u, student_input, valid, confident))
         if self.needs_features:
             n_l = (labeled_outputs[0] if isinstance(labeled_outputs, (list, tuple)) else labeled_outputs).shape[0]
             maps = [m[:n_l + n_u] for m in self.student_features.pop()]  # drop the warped batch
-            embedding = self.auxiliary_modules["head"](maps)
-            if self.use_predictor:
-                embedding = self.auxiliary_modules["predictor"](embedding)
+            head_out = self.auxiliary_modules["head"](maps)
+            embedding = self._predict(head_out)
             teacher_embedding = self._mixed_teacher_representation(student_input, n_l)
             if self.use_contrast:
                 terms["contrast"] = self._contrast_loss(embedding, teacher_embedding, logits_u, student_input,
                                                         labeled_target, n_l)
             if self.use_nn:
                 spatial = tuple(range(2, embedding.ndim))
-                student_vec = embedding[n_l:].float().mean(spatial)
+                nn_embedding = embedding if self.nn_gradient_to_network else self._predict(head_out.detach())
+                student_vec = nn_embedding[n_l:].float().mean(spatial)
                 teacher_vec = teacher_embedding[n_l:].mean(spatial)
                 terms["nn"] = nearest_neighbour_loss(student_vec, teacher_vec,
                                                      self.mona_state["nn_queue"].features, self.nn_k)
@@ -263,6 +268,22 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
             n_w = student_input["num_warped"]
             terms["eqv"] = self._equivariance_loss(logits_u[:n_w], logits[n_u:n_u + n_w], student_input)
         return terms
+
+    def _predict(self, head_out: torch.Tensor) -> torch.Tensor:
+        return self.auxiliary_modules["predictor"](head_out) if self.use_predictor else head_out
+
+    def _pseudo_label_losses(self, logits_u, student_input, valid, confident) -> Dict[str, torch.Tensor]:
+        """'unsup' (and 'unsup_dice' in the masked mode) on the mixed unlabeled logits (B_u, K, *P)."""
+        labels = student_input["pseudo_label"]
+        valid, confident = valid & (labels >= 0), confident & (labels >= 0)
+        if self.unsup_mode == "masked":
+            ce, _ = masked_pseudo_label_ce(logits_u, labels.clamp_min(0), student_input["confidence"], valid,
+                                           self.unsup_threshold)
+            return {"unsup": ce, "unsup_dice": masked_pseudo_label_dice(logits_u, labels, confident)}
+        if self.unsup_mode == "image_weighted":
+            return {"unsup": confidence_weighted_pseudo_label_ce(logits_u, labels, student_input["confidence"],
+                                                                 valid, self.unsup_threshold)}
+        raise ValueError(f"unknown unsup_mode {self.unsup_mode!r}: use 'masked' or 'image_weighted'")
 
     def _mixed_teacher_representation(self, student_input, n_l: int) -> torch.Tensor:
         """Teacher representation (N_l + B_u, D, *S_r), the unlabeled part mixed like the student input

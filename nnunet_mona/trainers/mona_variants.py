@@ -5,19 +5,19 @@ from nnunet_mona.trainers.mona import nnUNetTrainerMONA
 class nnUNetTrainerMONA_noContrast(nnUNetTrainerMONA):
     """Without the anatomical contrastive loss."""
     use_contrast = False
-    loss_term_names = ("unsup", "nn", "eqv", "confident_fraction")
+    loss_term_names = ("unsup", "unsup_dice", "nn", "eqv", "confident_fraction")
 
 
 class nnUNetTrainerMONA_noNN(nnUNetTrainerMONA):
     """Without the nearest-neighbour loss."""
     use_nn = False
-    loss_term_names = ("unsup", "contrast", "eqv", "confident_fraction")
+    loss_term_names = ("unsup", "unsup_dice", "contrast", "eqv", "confident_fraction")
 
 
 class nnUNetTrainerMONA_noEquivariance(nnUNetTrainerMONA):
     """Without the TPS equivariance loss (and without the warped student forward)."""
     use_equivariance = False
-    loss_term_names = ("unsup", "contrast", "nn", "confident_fraction")
+    loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "confident_fraction")
 
 
 class nnUNetTrainerMONA_stratified(nnUNetTrainerMONA):
@@ -38,3 +38,17 @@ class nnUNetTrainerMONA_cutout(nnUNetTrainerMONA):
 class nnUNetTrainerMONA_classmix(nnUNetTrainerMONA):
     """ClassMix (half of the pseudo-labelled classes pasted from the partner) instead of CutMix."""
     mix_mode = "classmix"
+
+
+class nnUNetTrainerMONA_paperRecipe(nnUNetTrainerMONA):
+    """The earlier, paper/code-faithful recipe, kept for the ablation table (issue #11): ReCo-style
+    image-weighted pseudo-label CE (threshold 0.97), a second photometric pass, B/2 + B/2 batch,
+    nn gradient into the network."""
+    unsup_mode = "image_weighted"
+    unsup_threshold = 0.97
+    extra_photometric = True
+    labeled_batch_fraction = 0.5
+    unlabeled_batch_fraction = 0.5
+    nn_gradient_to_network = True
+    loss_weights = {"unsup": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 1.0}
+    loss_term_names = ("unsup", "contrast", "nn", "eqv", "confident_fraction")
