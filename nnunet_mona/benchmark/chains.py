@@ -8,6 +8,7 @@ Only name checks live here (no imports of nnU-Net); the trainer lookup is
 from typing import List, Sequence
 
 from nnunet_mona.benchmark.processes import BenchmarkError
+from nnunet_mona.benchmark.self_training import BASE_TRAINER, SELF_TRAINING
 
 SEPARATOR = "+"
 
@@ -29,6 +30,8 @@ def row_name(spec: str) -> str:
 def check_specs(specs: Sequence[str]) -> List[str]:
     """Check the spec syntax; returns every distinct stage trainer name (for the trainer lookup), in order.
 
+    ``SelfTraining`` (:mod:`nnunet_mona.benchmark.self_training`) is a spec of its own; it contributes the trainer
+    it trains (nnUNetTrainerBudget) to the returned names.
     Refuses duplicate specs, empty stage names (``A++B``, ``+A``) and a trainer twice in one chain (both stages
     would share one nnU-Net results folder)."""
     if len(set(specs)) != len(specs):
@@ -39,7 +42,10 @@ def check_specs(specs: Sequence[str]) -> List[str]:
         if any(not p.strip() or p != p.strip() for p in parts):
             raise BenchmarkError(f"Empty or padded stage name in trainer spec {spec!r}: write A{SEPARATOR}B, "
                                  f"trainer names separated by '{SEPARATOR}' without spaces")
+        if SELF_TRAINING in parts and len(parts) > 1:
+            raise BenchmarkError(f"Trainer spec {spec!r}: {SELF_TRAINING} is a row of its own (plain nnU-Net, "
+                                 f"pseudo-labels, plain nnU-Net again) and cannot be a stage of a chain")
         if len(set(parts)) != len(parts):
             raise BenchmarkError(f"Trainer spec {spec!r} names a trainer twice; every stage needs its own trainer")
-        names += [p for p in parts if p not in names]
+        names += [p for p in (BASE_TRAINER if q == SELF_TRAINING else q for q in parts) if p not in names]
     return names

@@ -18,7 +18,14 @@ Runs with different labeled counts N are kept apart by giving each N its own ``n
                                                same nnUNet_results / logs / records / predictions / metrics
                                                layout, one training per stage, kept apart from the rows that
                                                train A or B alone (nnU-Net names its results folder by trainer)
+        self_training/                         the SelfTraining row (:mod:`nnunet_mona.benchmark.self_training`):
+                                               its own nnUNet_preprocessed (pseudo-labels) and the same layout;
+                                               its first model is the plain row's (labeled_N/nnUNet_results)
+      benchmark_protocol.json                  the settings this folder was made with (protocol_guard)
       results.json, results.md, results.png
+
+``--checkpoint teacher`` predicts a semi-supervised trainer's EMA teacher (``checkpoint_final_teacher.pth``) into
+``predictions/T__teacher``, ``metrics/T__teacher.json``, ... next to the student's files.
 
 To use a trained model later with the stock commands, point ``nnUNet_results`` at ``OUTPUT/labeled_N/nnUNet_results``.
 """
@@ -26,6 +33,9 @@ import os
 from dataclasses import dataclass
 
 from nnunet_mona.benchmark.chains import is_chain, stages
+from nnunet_mona.benchmark.self_training import BASE_TRAINER, SELF_TRAINING
+
+CHECKPOINT_FILES = {"student": "checkpoint_final.pth", "teacher": "checkpoint_final_teacher.pth"}
 
 
 @dataclass(frozen=True)
@@ -45,19 +55,26 @@ class Layout:
     def file(self, name: str) -> str:
         return os.path.join(self.output, name)
 
-    def run_paths(self, n: int, spec: str) -> "RunPaths":
-        """Paths of one row (a trainer or a chain ``A+B``) for ``n`` labeled patients."""
+    def run_paths(self, n: int, spec: str, checkpoint: str = "student") -> "RunPaths":
+        """Paths of one row (a trainer, a chain ``A+B`` or ``SelfTraining``) for ``n`` labeled patients;
+        ``checkpoint`` (student / teacher) names the predicted model's files."""
+        if spec == SELF_TRAINING:
+            return RunPaths(self, self.labeled(n, "self_training"), BASE_TRAINER, checkpoint, own_preprocessed=True)
         base = self.labeled(n, "chains", spec) if is_chain(spec) else self.labeled(n)
-        return RunPaths(self, base, spec)
+        return RunPaths(self, base, spec, checkpoint)
 
 
 @dataclass(frozen=True)
 class RunPaths:
     """Paths of one benchmark row below ``base`` (``labeled_N`` for a single trainer, ``labeled_N/chains/<spec>``
-    for a chain). Per-stage paths take the stage's trainer name; prediction and metrics belong to the last stage."""
+    for a chain, ``labeled_N/self_training`` for SelfTraining, whose training reads its own ``nnUNet_preprocessed``).
+    Per-stage paths take the stage's trainer name; prediction and metrics belong to the last stage and, for the
+    teacher, carry a ``__teacher`` suffix."""
     layout: Layout
     base: str
     spec: str
+    checkpoint: str = "student"
+    own_preprocessed: bool = False
 
     @property
     def stages(self):
@@ -74,6 +91,30 @@ class RunPaths:
     def results_root(self) -> str:
         return self._at("nnUNet_results")
 
+    def preprocessed_root(self, n: int) -> str:
+        """``nnUNet_preprocessed`` of this row's trainings."""
+        return self._at("nnUNet_preprocessed") if self.own_preprocessed else self.layout.preprocessed_root(n)
+
+    @property
+    def checkpoint_file(self) -> str:
+        return CHECKPOINT_FILES[self.checkpoint]
+
+    @property
+    def _tag(self) -> str:
+        """File name stem of the predicted model: the last stage, plus ``__teacher`` for the teacher."""
+        return self.final + ("__teacher" if self.checkpoint == "teacher" else "")
+
+    def for_checkpoint(self, checkpoint: str) -> "RunPaths":
+        return RunPaths(self.layout, self.base, self.spec, checkpoint, self.own_preprocessed)
+
+    @property
+    def pseudo_label_record(self) -> str:
+        return self._at("records", "pseudo_labels.json")
+
+    @property
+    def pseudo_label_log(self) -> str:
+        return self._at("logs", "pseudo_labels.log")
+
     def fold_folder(self, stage: str) -> str:
         lay = self.layout
         return os.path.join(self.results_root, lay.dataset_name, f"{stage}__{lay.plans}__{lay.configuration}",
@@ -87,16 +128,16 @@ class RunPaths:
 
     @property
     def predict_log(self) -> str:
-        return self._at("logs", f"predict_{self.final}.log")
+        return self._at("logs", f"predict_{self._tag}.log")
 
     @property
     def predict_record(self) -> str:
-        return self._at("records", f"{self.final}_predict.json")
+        return self._at("records", f"{self._tag}_predict.json")
 
     @property
     def predictions(self) -> str:
-        return self._at("predictions", self.final)
+        return self._at("predictions", self._tag)
 
     @property
     def metrics(self) -> str:
-        return self._at("metrics", f"{self.final}.json")
+        return self._at("metrics", f"{self._tag}.json")

@@ -85,6 +85,19 @@ def check_trainers(trainers: Sequence[str]) -> Dict[str, str]:
     return found
 
 
+def teacher_trainers(trainers: Sequence[str]) -> List[str]:
+    """The trainers among ``trainers`` that write ``checkpoint_final_teacher.pth`` (the semi-supervised trainers'
+    ``export_teacher_checkpoint``); call after :func:`check_trainers`."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    found = []
+    for t in trainers:
+        with contextlib.redirect_stdout(io.StringIO()):
+            cls = recursive_find_trainer_class_by_name(t)
+        if getattr(cls, "export_teacher_checkpoint", False):
+            found.append(t)
+    return found
+
+
 def evaluation_cases(raw_folder: str, images: str, labels: str, file_ending: str) -> Tuple[str, str, List[str]]:
     """(image folder, label folder, case ids with a label); every labeled case must have its image."""
     images = images if os.path.isabs(images) else os.path.join(raw_folder, images)
@@ -214,14 +227,16 @@ def preprocess_unlabeled(raw_folder: str, dataset_id: str, plans: str, configura
     return True
 
 
-def install_split(layout: Layout, n: int, shared_preprocessed: str, folds: list, fold: int, trainers: Sequence[str]) -> str:
-    """Make ``OUTPUT/labeled_N/nnUNet_preprocessed/DatasetXXX`` (``trainers``: the trainer specs, chains included): links to every entry of the shared preprocessed
-    dataset folder except its split files, and this N's ``splits_final.json``. Refuses to change the split of a
-    folder that already holds trainings (their results would mix two splits). Returns the folder."""
+def install_split(layout: Layout, n: int, shared_preprocessed: str, folds: list, fold: int, trainers: Sequence[str],
+                  own_entries: Sequence[str] = ()) -> str:
+    """Make ``OUTPUT/labeled_N/nnUNet_preprocessed/DatasetXXX`` (``trainers``: the trainer specs, chains included):
+    links to every entry of the shared preprocessed dataset folder except its split files and ``own_entries``
+    (written by the benchmark itself, e.g. a plans copy), and this N's ``splits_final.json``. Refuses to change the
+    split of a folder that already holds trainings (their results would mix two splits). Returns the folder."""
     target = os.path.join(layout.preprocessed_root(n), layout.dataset_name)
     os.makedirs(target, exist_ok=True)
     for entry in sorted(os.listdir(shared_preprocessed)):
-        if entry.startswith("splits_final"):
+        if entry.startswith("splits_final") or entry in own_entries:
             continue
         link, source = os.path.join(target, entry), os.path.join(shared_preprocessed, entry)
         if os.path.islink(link):

@@ -29,15 +29,25 @@ def _seconds(value: Optional[float]) -> str:
 def protocol_lines(results: dict) -> List[str]:
     p = results["protocol"]
     ev = p["evaluation"]
+    batch = f", batch size {p['batch_size']}" if p.get("batch_size") is not None else ""
+    patch = f", patch {' x '.join(map(str, p['patch_size']))}" if p.get("patch_size") else ""
+    copy = f" (a copy of {p['source_plans']} with this batch size)" if p.get("source_plans") not in (None, p["plans"]) \
+        else ""
+    teachers = p.get("teacher_rows") or []
+    model = ("EMA teacher (checkpoint_final_teacher.pth) for " + ", ".join(teachers) + "; the student "
+             "(checkpoint_final.pth) for the other rows") if teachers else "the student (checkpoint_final.pth)"
     lines = [
-        f"- dataset: {p['dataset_name']} (configuration {p['configuration']}, plans {p['plans']}, fold {p['fold']})",
+        f"- dataset: {p['dataset_name']} (configuration {p['configuration']}, plans {p['plans']}{copy}{batch}{patch}, "
+        f"fold {p['fold']}" + (f", in-plane downsampled x{p['inplane_downsample']}"
+                               if (p.get("inplane_downsample") or 1) != 1 else "") + ")",
         f"- budget: {p['epochs']} epochs x {p['iterations_per_epoch']} iterations"
         f" (validation iterations per epoch: {p['val_iterations'] or 'nnU-Net default'}), same for every trainer",
         f"- device: {p['device']}" + (f" ({p['gpu_name']})" if p.get("gpu_name") else "") +
         f", {p['parallel']} training(s) at once; host {p['host']}",
         f"- seed: {p['seed'] if p['seed'] is not None else 'none (nnU-Net trains unseeded)'}",
-        f"- evaluation: {ev['n_volumes']} volumes from {ev['labels']}; final checkpoint "
-        f"(checkpoint_final.pth, no model selection); stock nnUNetv2_predict"
+        f"- evaluation: {ev['n_volumes']} volumes from {ev['labels']}; final checkpoint, no model selection: "
+        f"{model}" + (f" (--checkpoint {p['checkpoint']})" if p.get("checkpoint") else "") +
+        "; stock nnUNetv2_predict"
         f"{' without TTA' if p.get('disable_tta') else ' (with mirroring TTA)'}",
         f"- total wall time: {_seconds(p.get('wall_seconds_total'))} (this invocation; skipped steps cost nothing)",
         "- s/iteration: mean epoch time / training iterations per epoch (an epoch includes its validation "
@@ -47,6 +57,14 @@ def protocol_lines(results: dict) -> List[str]:
         lines.append("- pretraining chains (A + B): every stage trains the budget above, starting from the previous "
                      "stage's checkpoint_final.pth; the last stage is evaluated; s/iteration of the last stage, "
                      "training wall time summed over the stages, peak GPU memory the largest of any stage")
+    if p.get("preset"):
+        lines.append(f"- preset {p['preset']} (set: {', '.join(p.get('preset_options') or []) or 'nothing'}; "
+                     f"the other options were given on the command line)")
+    if "SelfTraining" in p["trainers"]:
+        lines.append("- SelfTraining: offline self-training. Plain nnU-Net (nnUNetTrainerBudget, the plain row's model) "
+                     "predicts the fold's unlabeled cases (images only), then nnUNetTrainerBudget trains again from "
+                     "scratch, same budget, on labeled + pseudo-labeled cases; training wall time = both trainings "
+                     "+ pseudo-labelling")
     for n, split in p["splits"].items():
         lines.append(f"- {n} labeled: {split['labeled_cases']} labeled case(s), {split['unlabeled_cases']} "
                      f"unlabeled case(s) in the split; split file {split['source']} (sha {split['digest']})")
@@ -104,7 +122,8 @@ def bar_chart(results: dict, path: str) -> None:
     p = results["protocol"]
     counts, trainers = p["labeled_counts"], p["trainers"]
     width = 0.8 / max(1, len(trainers))
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(counts) * max(1, len(trainers)) / 2, 4))
+    # the legend sits right of the axes (inside it covered the lowest bars)
+    fig, ax = plt.subplots(figsize=(3.6 + 1.4 * len(counts) * max(1, len(trainers)) / 2, 4))
     for i, t in enumerate(trainers):
         values = []
         for n in counts:
@@ -126,8 +145,8 @@ def bar_chart(results: dict, path: str) -> None:
     ax.set_ylabel("mean Dice [%] (MONA protocol)")
     ax.set_ylim(0, 100)
     ax.set_title(f"{p['dataset_name']}: {p['epochs']} x {p['iterations_per_epoch']} iterations", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

@@ -8,7 +8,12 @@ Resumable: a step whose outputs are complete is skipped (training: checkpoint_fi
 evaluation case predicted and its record written; evaluation: the metrics JSON); an interrupted training continues
 with ``--c`` from checkpoint_latest.pth. A pretraining chain ``A+B`` (:mod:`nnunet_mona.benchmark.chains`) trains
 its stages in order, each from the previous stage's final checkpoint, and resumes per stage (a stage whose
-predecessor was trained again starts over). Folder layout: :mod:`nnunet_mona.benchmark.layout`.
+predecessor was trained again starts over). ``SelfTraining`` (:mod:`nnunet_mona.benchmark.self_training`) is offline
+self-training: the plain row's model pseudo-labels the fold's unlabeled cases, plain nnU-Net trains again on labeled +
+pseudo-labeled cases. ``--batch_size`` trains with a plans copy (:mod:`nnunet_mona.benchmark.plans_copy`),
+``--preset`` fills the options of a named protocol (:mod:`nnunet_mona.benchmark.presets`), ``--checkpoint teacher``
+predicts the EMA teacher where a trainer writes one. An output folder keeps one protocol
+(:mod:`nnunet_mona.benchmark.protocol_guard`). Folder layout: :mod:`nnunet_mona.benchmark.layout`.
 """
 import argparse
 import os
@@ -19,12 +24,17 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from nnunet_mona.benchmark import preparation as prep
 from nnunet_mona.benchmark.evaluate import PROTOCOLS, evaluate_folders, save_json
 from nnunet_mona.benchmark.chains import check_specs, is_chain, row_name
 from nnunet_mona.benchmark.layout import Layout, RunPaths
+from nnunet_mona.benchmark.plans_copy import (batch_plans_name, check_batch_size, install_batch_plans,
+                                              install_unlabeled_for_copy)
+from nnunet_mona.benchmark.presets import PRESETS, apply_preset, check_dataset_for_preset
+from nnunet_mona.benchmark.protocol_guard import check_same_protocol, plans_facts, protocol_key, write_stamp
+from nnunet_mona.benchmark.self_training import BASE_TRAINER, SELF_TRAINING
 from nnunet_mona.benchmark.processes import BenchmarkError, EpochProgress, command_path, run_logged, say
 from nnunet_mona.benchmark.published import is_acdc_like, published_rows
 from nnunet_mona.benchmark.report import bar_chart, markdown
@@ -42,17 +52,27 @@ class Benchmark:
     """Holds the checked settings; :meth:`run_one` does train -> predict -> evaluate for one (N, trainer)."""
 
     def __init__(self, args, layout: Layout, eval_images: str, eval_labels: str, eval_cases: List[str],
-                 labels: List[int], names: List[str]):
+                 labels: List[int], names: List[str], teachers: Sequence[str] = ()):
         self.args, self.layout = args, layout
         self.eval_images, self.eval_labels, self.eval_cases = eval_images, eval_labels, eval_cases
         self.labels, self.names = labels, names
+        self.teachers = set(teachers)  # trainers that write checkpoint_final_teacher.pth
         self.steps_run: List[str] = []
         self._lock = threading.Lock()
+        self._train_locks: Dict[str, threading.Lock] = {}
 
-    def env_for(self, n: int, results_root: str) -> Dict[str, str]:
+    def paths(self, n: int, spec: str) -> RunPaths:
+        """The row's paths; with ``--checkpoint teacher`` those of the teacher where the last stage writes one."""
+        paths = self.layout.run_paths(n, spec)
+        if self.args.checkpoint == "teacher" and spec != SELF_TRAINING and paths.final in self.teachers:
+            return paths.for_checkpoint("teacher")
+        return paths
+
+    def env_for(self, n: int, results_root: str, preprocessed_root: Optional[str] = None) -> Dict[str, str]:
         a = self.args
         env = dict(os.environ)
-        env.update({"nnUNet_preprocessed": self.layout.preprocessed_root(n), "nnUNet_results": results_root,
+        env.update({"nnUNet_preprocessed": preprocessed_root or self.layout.preprocessed_root(n),
+                    "nnUNet_results": results_root,
                     "nnUNet_mona_epochs": str(a.epochs), "nnUNet_mona_iterations": str(a.iterations)})
         if a.val_iterations is not None:
             env["nnUNet_mona_val_iterations"] = str(a.val_iterations)
@@ -75,7 +95,16 @@ class Benchmark:
     def train_stage(self, n: int, paths: RunPaths, stage: str, pretrained: Optional[str], restart: bool,
                     prefix: str) -> bool:
         """Train one stage (from ``pretrained`` when given); ``restart`` discards an earlier training of it.
-        Returns whether it trained (then every later stage, prediction and evaluation are stale)."""
+        Returns whether it trained (then every later stage, prediction and evaluation are stale). One training per
+        fold folder at a time (the plain row and SelfTraining share the plain model)."""
+        folder = paths.fold_folder(stage)
+        with self._lock:
+            lock = self._train_locks.setdefault(folder, threading.Lock())
+        with lock:
+            return self._train_stage(n, paths, stage, pretrained, restart, prefix)
+
+    def _train_stage(self, n: int, paths: RunPaths, stage: str, pretrained: Optional[str], restart: bool,
+                     prefix: str) -> bool:
         a = self.args
         fold_folder = paths.fold_folder(stage)
         if paths.spec != stage:
@@ -86,8 +115,10 @@ class Benchmark:
         if os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")):
             say(f"{prefix} [skip] training: checkpoint_final.pth exists")
             return False
-        # anything predicted or evaluated before belongs to an older model
-        for stale in (paths.predictions, paths.predict_record, paths.metrics, paths.train_record(stage)):
+        # anything predicted or evaluated before belongs to an older model (student and teacher)
+        stale_files = [p for c in ("student", "teacher") for v in [paths.for_checkpoint(c)]
+                       for p in (v.predictions, v.predict_record, v.metrics)]
+        for stale in stale_files + [paths.train_record(stage)]:
             if os.path.isdir(stale):
                 shutil.rmtree(stale)
             elif os.path.isfile(stale):
@@ -104,9 +135,48 @@ class Benchmark:
         say(f"{prefix} {'continuing the interrupted training (--c)' if resumed else 'training'}: "
             f"{a.epochs} x {a.iterations} iterations  (log: {paths.train_log(stage)})")
         self._ran("train")
-        run_logged(cmd, paths.train_log(stage), self.env_for(n, paths.results_root), prefix,
+        run_logged(cmd, paths.train_log(stage), self.env_for(n, paths.results_root, paths.preprocessed_root(n)), prefix,
                    EpochProgress(a.epochs))
         return True
+
+    def self_train(self, n: int, paths: RunPaths, prefix: str) -> None:
+        """SelfTraining: the plain row's model (trained here if missing), pseudo-labels of the fold's unlabeled cases,
+        plain nnU-Net again on labeled + pseudo-labeled cases. Pseudo-labels of an older plain model are redone."""
+        lay, a = self.layout, self.args
+        plain = lay.run_paths(n, BASE_TRAINER)
+        self.train_stage(n, plain, BASE_TRAINER, None, False, f"{prefix} plain model:")
+        model = os.path.join(plain.fold_folder(BASE_TRAINER), "checkpoint_final.pth")
+        record = _load_json(paths.pseudo_label_record) if os.path.isfile(paths.pseudo_label_record) else {}
+        fresh = record.get("model_mtime") == os.path.getmtime(model)
+        if fresh:
+            say(f"{prefix} [skip] pseudo-labels: {paths.pseudo_label_record} exists for the current plain model")
+        else:
+            if os.path.isfile(paths.pseudo_label_record):
+                os.remove(paths.pseudo_label_record)
+            cmd = [sys.executable, "-m", "nnunet_mona.benchmark.self_training", "--model",
+                   plain.fold_folder(BASE_TRAINER), "--source", os.path.join(lay.preprocessed_root(n), lay.dataset_name),
+                   "--target", os.path.join(paths.preprocessed_root(n), lay.dataset_name), "-p", lay.plans,
+                   "-c", lay.configuration, "-f", lay.fold, "-device", a.device, "--record", paths.pseudo_label_record]
+            if a.disable_tta:
+                cmd.append("--disable_tta")
+            say(f"{prefix} pseudo-labelling the fold's unlabeled cases  (log: {paths.pseudo_label_log})")
+            self._ran("pseudo_label")
+            run_logged(cmd, paths.pseudo_label_log, self.env_for(n, plain.results_root), prefix)
+        self.train_stage(n, paths, BASE_TRAINER, None, not fresh, f"{prefix} retraining:")
+
+    def self_training_record(self, n: int, paths: RunPaths) -> dict:
+        """The retraining's record with ``stages`` (plain training, pseudo-labelling, retraining); the wall time is
+        their sum."""
+        plain = self.layout.run_paths(n, BASE_TRAINER)
+        first = dict(self.stage_record(plain, BASE_TRAINER), stage="plain nnU-Net on the labeled cases")
+        pseudo = dict(_load_json(paths.pseudo_label_record), stage="pseudo-labelling")
+        last = dict(self.stage_record(paths, BASE_TRAINER), stage="plain nnU-Net on labeled + pseudo-labeled cases")
+        walls = [first.get("wall_seconds_this_segment"), pseudo.get("wall_seconds"),
+                 last.get("wall_seconds_this_segment")]
+        peaks = [r["peak_gpu_memory_bytes"] for r in (first, last) if r.get("peak_gpu_memory_bytes") is not None]
+        return dict(last, stages=[first, pseudo, last], final_stage_wall_seconds=walls[-1],
+                    wall_seconds_this_segment=None if None in walls else round(sum(walls), 1),
+                    peak_gpu_memory_bytes=max(peaks) if peaks else None)
 
     def stage_record(self, paths: RunPaths, stage: str) -> dict:
         """The wrapper's record, or (trained elsewhere / killed during nnU-Net's final validation) the timing from
@@ -141,9 +211,12 @@ class Benchmark:
             return
         if os.path.isfile(paths.metrics):
             os.remove(paths.metrics)
+        checkpoint = os.path.join(paths.fold_folder(paths.final), paths.checkpoint_file)
+        if not os.path.isfile(checkpoint):
+            raise BenchmarkError(f"{prefix} {checkpoint} does not exist (--checkpoint {paths.checkpoint})")
         cmd = [command_path("nnUNetv2_predict"), "-i", self.eval_images, "-o", out, "-d", lay.dataset_name,
                "-c", lay.configuration, "-p", lay.plans, "-tr", paths.final, "-f", lay.fold, "-device", a.device,
-               "--disable_progress_bar", "--continue_prediction"]
+               "-chk", paths.checkpoint_file, "--disable_progress_bar", "--continue_prediction"]
         if a.np is not None:
             cmd += ["-npp", str(a.np), "-nps", str(a.np)]
         if a.disable_tta:
@@ -175,16 +248,25 @@ class Benchmark:
 
     def run_one(self, n: int, spec: str) -> dict:
         """Train (every stage), predict and evaluate one row; a failure is recorded in the row, not raised."""
-        paths = self.layout.run_paths(n, spec)
-        prefix = f"[N={n} {'+'.join(t.replace('nnUNetTrainer', '') or t for t in paths.stages)}]"
+        paths = self.paths(n, spec)
+        shown = [spec] if spec == SELF_TRAINING else paths.stages
+        prefix = f"[N={n} {'+'.join(t.replace('nnUNetTrainer', '') or t for t in shown)}]"
         run = {"n_labeled": n, "trainer": row_name(spec), "fold_folder": paths.fold_folder(paths.final),
+               "checkpoint": paths.checkpoint, "checkpoint_file": paths.checkpoint_file,
                "predictions": paths.predictions, "metrics_file": paths.metrics,
                "train_log": paths.train_log(paths.final)}
         if is_chain(spec):
             run.update(spec=spec, stages=paths.stages, results_root=paths.results_root)
+        if spec == SELF_TRAINING:
+            run.update(spec=spec, results_root=paths.results_root, preprocessed_root=paths.preprocessed_root(n),
+                       pseudo_label_record=paths.pseudo_label_record)
         try:
-            self.train(n, paths, prefix)
-            run["train"] = self.train_record(paths)
+            if spec == SELF_TRAINING:
+                self.self_train(n, paths, prefix)
+                run["train"] = self.self_training_record(n, paths)
+            else:
+                self.train(n, paths, prefix)
+                run["train"] = self.train_record(paths)
             self.predict(n, paths, prefix)
             run["predict"] = _load_json(paths.predict_record)
             result = self.evaluate(paths, prefix)
@@ -200,19 +282,36 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nnUNetv2_mona_benchmark",
         description="Train, predict and evaluate plain nnU-Net and semi-supervised trainers on N labeled patients "
                     "with one budget; writes results.json / results.md / results.png. Re-running resumes.")
-    parser.add_argument("-d", required=True, help="dataset name or id (raw dataset in nnUNet_raw)")
-    parser.add_argument("--labeled", type=int, nargs="+", default=[1, 3, 7],
+    parser.add_argument("-d", default=None, help="dataset name or id (raw dataset in nnUNet_raw); required unless "
+                                                 "--preset gives it")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="a named protocol that fills every option not given on the command line: acdc_cpu = "
+                             "the CPU-scale ACDC protocol (-d 27 converted with --downsample 2, --batch_size 8, "
+                             "--labeled 3, plain nnU-Net / Mean Teacher / MONA, --epochs 20 --iterations 50, "
+                             "--device cpu --disable_tta --seed 0); refused for a dataset it does not fit")
+    parser.add_argument("--labeled", type=int, nargs="+", default=None,
                         help="labeled patient counts N; each needs a split file (see --splits_pattern). Default: 1 3 7")
-    parser.add_argument("--trainers", nargs="+",
-                        default=["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"],
-                        help="trainer class names (nnunet_mona trainers, which honour the budget), or pretraining "
+    parser.add_argument("--trainers", nargs="+", default=None,
+                        help="trainer class names (nnunet_mona trainers, which honour the budget), pretraining "
                              "chains A+B[+C]: each stage trains the full budget starting from the previous stage's "
                              "checkpoint_final.pth (-pretrained_weights), the last stage is evaluated, in its own "
-                             "folder labeled_N/chains/A+B (e.g. nnUNetTrainerMixCLPretrain+nnUNetTrainerBudget). "
+                             "folder labeled_N/chains/A+B (e.g. nnUNetTrainerMixCLPretrain+nnUNetTrainerBudget), or "
+                             f"{SELF_TRAINING}: offline self-training (plain nnU-Net, pseudo-labels of the unlabeled "
+                             "cases, plain nnU-Net again on labeled + pseudo-labeled cases, in labeled_N/self_training). "
                              "Default: nnUNetTrainerBudget nnUNetTrainerMeanTeacher nnUNetTrainerMONA")
-    parser.add_argument("--epochs", type=int, required=True, help="epochs per training (nnUNet_mona_epochs)")
-    parser.add_argument("--iterations", type=int, required=True,
-                        help="training iterations per epoch (nnUNet_mona_iterations)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs per training (nnUNet_mona_epochs); required unless --preset gives it")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="training iterations per epoch (nnUNet_mona_iterations); required unless --preset "
+                             "gives it")
+    parser.add_argument("--batch_size", type=int, default=None,
+                        help="patch batch size B (>= 2): every row trains with a copy of the plans, <plans>_bs<B>, "
+                             "whose configuration has batch size B and the same data identifier (nothing is "
+                             "preprocessed again). Default: the plans' own")
+    parser.add_argument("--checkpoint", choices=["student", "teacher"], default="student",
+                        help="model to predict: the student (checkpoint_final.pth) or, for trainers that write one, "
+                             "the EMA teacher (checkpoint_final_teacher.pth); plain rows always use the student. "
+                             "Default: student")
     parser.add_argument("--val_iterations", type=int, default=None,
                         help="validation iterations per epoch (nnUNet_mona_val_iterations). Default: nnU-Net's (50)")
     parser.add_argument("--device", choices=["cuda", "cpu"], default=None,
@@ -223,8 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", default="2d", help="nnU-Net configuration. Default: 2d")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
     parser.add_argument("-o", default=None,
-                        help="output folder (runs, logs, predictions, results). Default: "
-                             "nnUNet_results/<DatasetXXX>/mona_benchmark_<epochs>x<iterations>")
+                        help="output folder (runs, logs, predictions, results); it keeps one protocol (another "
+                             "budget, seed, plans, batch size or resolution is refused). Default: "
+                             "nnUNet_results/<DatasetXXX>/mona_benchmark_<epochs>x<iterations>, with _<plans> before "
+                             "the budget for other plans than nnUNetPlans or with --batch_size")
     parser.add_argument("--test_images", default="imagesTs",
                         help="evaluation images: a folder in the raw dataset or an absolute path. Default: imagesTs")
     parser.add_argument("--test_labels", default="labelsTs",
@@ -242,12 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="training seed passed as nnUNet_mona_seed (recorded). Default: none (unseeded)")
     parser.add_argument("--np", type=int, default=None,
                         help="processes for preprocessing and for nnUNetv2_predict (-npp/-nps). Default: nnU-Net's")
-    parser.add_argument("--disable_tta", action="store_true", help="predict without mirroring (faster)")
+    parser.add_argument("--disable_tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="predict without mirroring (faster); --no-disable_tta mirrors even with a preset")
     parser.add_argument("--file_ending", default=".nii.gz", help="file ending of the raw images. Default: .nii.gz")
     return parser
 
 
 def _check_args(args) -> None:
+    if args.d is None:
+        raise BenchmarkError("-d (the dataset) is required unless --preset gives it")
+    missing = [f"--{o}" for o in ("epochs", "iterations") if getattr(args, o) is None]
+    if missing:
+        raise BenchmarkError(f"{' and '.join(missing)} required (or a --preset that sets them)")
+    check_batch_size(args.batch_size)
     for option in ("epochs", "iterations", "parallel"):
         if getattr(args, option) < 1:
             raise BenchmarkError(f"--{option} must be >= 1")
@@ -262,22 +370,43 @@ def _check_args(args) -> None:
         raise BenchmarkError("--device cuda, but torch sees no CUDA device (use --device cpu for a smoke test)")
 
 
+def default_output(dataset_name: str, plans_name: str, epochs: int, iterations: int) -> str:
+    """``nnUNet_results/<dataset>/mona_benchmark_[<plans>_]<epochs>x<iterations>`` (plans named unless default)."""
+    plans_part = "" if plans_name == "nnUNetPlans" else f"{plans_name}_"
+    return os.path.join(os.environ["nnUNet_results"], dataset_name, f"mona_benchmark_{plans_part}{epochs}x{iterations}")
+
+
+def _install_plans_copy(args, layout: Layout, shared: str, target: str) -> None:
+    """``--batch_size``: the plans copy (and, for imagesUnlabeled, its unlabeled folder) in ``target``."""
+    plans = install_batch_plans(target, os.path.join(shared, args.p + ".json"), args.c, args.batch_size, layout.plans)
+    install_unlabeled_for_copy(shared, target, args.p, layout.plans, args.c, plans)
+
+
 def run(args) -> int:
     start = time.time()
+    preset_options = apply_preset(args)
     _check_args(args)
     dataset_name, raw_folder, dataset_json = prep.resolve_dataset(args.d)
     dataset_id = dataset_name[len("Dataset"):len("Dataset") + 3]
     labels, names = prep.foreground_labels(dataset_json)
+    if args.preset is not None:
+        check_dataset_for_preset(args.preset, dataset_name, dataset_json, names)
     images, label_folder, eval_cases = prep.evaluation_cases(raw_folder, args.test_images, args.test_labels,
                                                              args.file_ending)
-    output = os.path.abspath(args.o or os.path.join(os.environ["nnUNet_results"], dataset_name,
-                                                    f"mona_benchmark_{args.epochs}x{args.iterations}"))
-    layout = Layout(output, dataset_name, args.c, args.p, str(args.fold))
+    plans_name = batch_plans_name(args.p, args.batch_size) if args.batch_size is not None else args.p
+    output = os.path.abspath(args.o or default_output(dataset_name, plans_name, args.epochs, args.iterations))
+    layout = Layout(output, dataset_name, args.c, plans_name, str(args.fold))
     case_ids = prep.training_case_ids(raw_folder, args.file_ending)
     splits = {n: prep.load_split(raw_folder, args.splits_pattern, n, args.fold, layout, args.make_missing_splits,
                                  args.split_seed, args.patient_regex, case_ids, eval_cases) for n in args.labeled}
     # every stage of every chain; imports every nnU-Net trainer: after the cheap checks
     trainer_modules = prep.check_trainers(check_specs(args.trainers))
+    finals = [layout.run_paths(1, spec).final for spec in args.trainers if spec != SELF_TRAINING]
+    teachers = prep.teacher_trainers(finals) if args.checkpoint == "teacher" else []
+    shared_folder = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
+    source_plans_file = os.path.join(shared_folder, args.p + ".json")
+    check_same_protocol(output, protocol_key(args, dataset_name, dataset_json, plans_name,
+                                             plans_facts(source_plans_file, args.c)))
     os.makedirs(output, exist_ok=True)
     say(f"{dataset_name}: N = {args.labeled} labeled x {args.trainers}, {args.epochs} x {args.iterations} iterations "
         f"on {args.device}, {len(eval_cases)} evaluation volumes; output {output}")
@@ -288,10 +417,17 @@ def run(args) -> int:
                                       layout.file("plan_and_preprocess.log"))
     has_unlabeled = prep.preprocess_unlabeled(raw_folder, dataset_id, args.p, args.c, np_,
                                               layout.file("preprocess_unlabeled.log"))
+    facts = plans_facts(source_plans_file, args.c)
+    key = protocol_key(args, dataset_name, dataset_json, plans_name, facts)
+    check_same_protocol(output, key)  # again, now with the plans (a re-plan changes patch size / spacing)
+    write_stamp(output, key)
+    own = [] if args.batch_size is None else [plans_name + ".json", facts["data_identifier"] + "_unlabeled"]
     for n, (folds, _) in splits.items():
-        prep.install_split(layout, n, shared, folds, args.fold, args.trainers)
+        target = prep.install_split(layout, n, shared, folds, args.fold, args.trainers, own)
+        if args.batch_size is not None:
+            _install_plans_copy(args, layout, shared, target)
 
-    bench = Benchmark(args, layout, images, label_folder, eval_cases, labels, names)
+    bench = Benchmark(args, layout, images, label_folder, eval_cases, labels, names, teachers)
     jobs = [(n, t) for n in args.labeled for t in args.trainers]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         runs = list(pool.map(lambda job: bench.run_one(*job), jobs))
@@ -300,7 +436,12 @@ def run(args) -> int:
     fold_entries = {n: folds[args.fold] for n, (folds, _) in splits.items()}
     results = {
         "protocol": {
-            "dataset": dataset_id, "dataset_name": dataset_name, "configuration": args.c, "plans": args.p,
+            "dataset": dataset_id, "dataset_name": dataset_name, "configuration": args.c, "plans": plans_name,
+            "source_plans": args.p, "batch_size": key["batch_size"], "patch_size": facts["patch_size"],
+            "spacing": facts["spacing"], "data_identifier": facts["data_identifier"],
+            "inplane_downsample": key["inplane_downsample"], "preset": args.preset, "preset_options": preset_options,
+            "checkpoint": args.checkpoint, "teacher_rows": sorted({r["trainer"] for r in runs
+                                                                   if r.get("checkpoint") == "teacher"}),
             "fold": args.fold, "labeled_counts": args.labeled, "trainers": [row_name(t) for t in args.trainers],
             "trainer_specs": args.trainers,
             "trainer_modules": trainer_modules, "class_names": names, "class_labels": labels,

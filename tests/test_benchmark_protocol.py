@@ -1,0 +1,253 @@
+"""nnUNetv2_mona_benchmark protocol options: --batch_size (plans copy), --preset, --checkpoint, one protocol per output
+folder, the figure's legend, and one end-to-end run of the SelfTraining row on tiny synthetic data whose unlabeled
+cases have their labels deleted or poisoned (the row must never read them)."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import _plan_and_preprocess, run_cmd
+from nnunet_mona.benchmark.processes import BenchmarkError
+
+BIN = os.path.dirname(sys.executable)
+ARCH = {"network_class_name": "x", "arch_kwargs": {}, "_kw_requires_import": []}
+
+
+def _plans():
+    return {"dataset_name": "Dataset1_X", "plans_name": "nnUNetPlans",
+            "configurations": {"2d": {"data_identifier": "nnUNetPlans_2d", "batch_size": 12, "patch_size": [64, 48],
+                                      "spacing": [1.0, 1.0], "architecture": ARCH},
+                               "2d_wide": {"inherits_from": "2d", "patch_size": [96, 96]},
+                               "3d_fullres": {"data_identifier": "nnUNetPlans_3d_fullres", "batch_size": 2,
+                                              "patch_size": [8, 64, 48], "spacing": [5.0, 1.0, 1.0],
+                                              "architecture": ARCH}}}
+
+
+# ------------------------------------------------------------------------------------------------ plans copy
+@pytest.mark.parametrize("configuration, identifier", [("2d", "nnUNetPlans_2d"), ("2d_wide", "nnUNetPlans_2d")])
+def test_batch_plans_copy_changes_only_the_batch(tmp_path, configuration, identifier):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunet_mona.benchmark.plans_copy import batch_plans_name, install_batch_plans
+    source = tmp_path / "nnUNetPlans.json"
+    source.write_text(json.dumps(_plans()))
+    name = batch_plans_name("nnUNetPlans", 8)
+    assert name == "nnUNetPlans_bs8"
+    target = tmp_path / "target"
+    target.mkdir()
+    install_batch_plans(str(target), str(source), configuration, 8, name)
+    copy = json.loads((target / "nnUNetPlans_bs8.json").read_text())
+    assert json.loads(source.read_text()) == _plans()  # the original is untouched
+    new, old = PlansManager(copy).get_configuration(configuration), PlansManager(_plans()).get_configuration(configuration)
+    assert copy["plans_name"] == name and new.batch_size == 8 and old.batch_size == 12
+    assert new.data_identifier == old.data_identifier == identifier  # nothing to preprocess again
+    assert new.patch_size == old.patch_size and new.spacing == old.spacing
+    assert copy["configurations"]["3d_fullres"] == _plans()["configurations"]["3d_fullres"]
+
+
+def test_batch_size_below_two_fails_before_any_work(tmp_path):
+    from nnunet_mona.benchmark.run_benchmark import build_parser, run
+    out = tmp_path / "out"
+    args = build_parser().parse_args(["-d", "999", "--epochs", "1", "--iterations", "1", "--batch_size", "1",
+                                      "-o", str(out)])
+    with pytest.raises(BenchmarkError, match="--batch_size must be at least 2"):
+        run(args)
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ presets
+def _raw_dataset(raw: str, dataset_id: int, labels: dict, **extra) -> None:
+    folder = os.path.join(raw, f"Dataset{dataset_id}_Preset{dataset_id}")
+    os.makedirs(os.path.join(folder, "imagesTs"), exist_ok=True)
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump({"labels": labels, "channel_names": {"0": "MRI"}, "file_ending": ".nii.gz", **extra}, f)
+
+
+ACDC_LABELS = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
+
+
+@pytest.mark.parametrize("dataset_id, labels, extra, message", [
+    (981, {"background": 0, "cavity": 1, "wall": 2, "lesion": 3}, {"inplane_downsample": 2}, "not ACDC's RV, MYO, LV"),
+    (982, ACDC_LABELS, {}, "inplane_downsample 1, the preset needs 2"),
+])
+def test_preset_refuses_a_dataset_it_does_not_fit(nnunet_dirs, tmp_path, dataset_id, labels, extra, message):
+    from nnunet_mona.benchmark.run_benchmark import build_parser, run
+    _raw_dataset(nnunet_dirs["raw"], dataset_id, labels, **extra)
+    out = tmp_path / "out"
+    with pytest.raises(BenchmarkError, match=message):
+        run(build_parser().parse_args(["--preset", "acdc_cpu", "-d", str(dataset_id), "-o", str(out)]))
+    assert not out.exists()
+
+
+def test_preset_fills_only_unset_options():
+    from nnunet_mona.benchmark.presets import PRESETS, check_dataset_for_preset
+    from nnunet_mona.benchmark.presets import apply_preset
+    from nnunet_mona.benchmark.run_benchmark import build_parser
+    args = build_parser().parse_args(["--preset", "acdc_cpu", "--epochs", "5", "--no-disable_tta", "--labeled", "1"])
+    used = apply_preset(args)
+    assert (args.epochs, args.disable_tta, args.labeled) == (5, False, [1])  # explicit flags win
+    p = PRESETS["acdc_cpu"]
+    assert (args.d, args.batch_size, args.iterations, args.device, args.seed) == \
+        (p["d"], 8, 50, "cpu", 0) and args.trainers == p["trainers"]
+    assert "epochs" not in used and "batch_size" in used
+    plain = build_parser().parse_args(["-d", "5", "--epochs", "1", "--iterations", "2"])
+    apply_preset(plain)
+    assert (plain.batch_size, plain.seed, plain.disable_tta, plain.labeled) == (None, None, False, [1, 3, 7])
+    check_dataset_for_preset("acdc_cpu", "Dataset027_ACDC", {"inplane_downsample": 2}, ["RV", "MYO", "LV"])
+
+
+# ------------------------------------------------------------------------------------------------ protocol guard
+def test_output_folder_keeps_one_protocol(tmp_path):
+    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, write_stamp
+    key = {"dataset_name": "D", "plans": "nnUNetPlans_bs8", "batch_size": 8, "epochs": 20, "patch_size": [128, 112],
+           "inplane_downsample": 2}
+    check_same_protocol(str(tmp_path), key)  # empty folder
+    write_stamp(str(tmp_path), key)
+    check_same_protocol(str(tmp_path), dict(key))
+    for change in ({"batch_size": 4, "plans": "nnUNetPlans_bs4"}, {"inplane_downsample": 1},
+                   {"patch_size": [256, 224]}):
+        with pytest.raises(BenchmarkError, match="another protocol"):
+            check_same_protocol(str(tmp_path), {**key, **change})
+    old = tmp_path / "old"  # a folder from before the stamp: results.json's protocol is compared
+    old.mkdir()
+    (old / "results.json").write_text(json.dumps({"protocol": {"plans": "nnUNetPlans", "epochs": 20}}))
+    check_same_protocol(str(old), {"plans": "nnUNetPlans", "epochs": 20, "batch_size": 8})
+    with pytest.raises(BenchmarkError, match="plans: 'nnUNetPlans' there, 'nnUNetPlans_bs8' now"):
+        check_same_protocol(str(old), key)
+
+
+# ------------------------------------------------------------------------------------------------ checkpoint
+def test_checkpoint_choice(tmp_path, monkeypatch, nnunet_dirs):
+    import argparse
+    from nnunet_mona.benchmark import run_benchmark as rb
+    from nnunet_mona.benchmark.layout import Layout
+    from nnunet_mona.benchmark.preparation import teacher_trainers
+    assert teacher_trainers(["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"]) == \
+        ["nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"]
+    lay = Layout(str(tmp_path), "Dataset1_X")
+    args = argparse.Namespace(checkpoint="teacher", device="cpu", np=None, disable_tta=True, file_ending=".nii.gz",
+                              epochs=1, iterations=1, val_iterations=None, seed=None)
+    bench = rb.Benchmark(args, lay, "imgs", "labs", ["case1"], [1], ["A"], teachers=["nnUNetTrainerMeanTeacher"])
+    mt, plain, st = (bench.paths(3, s) for s in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerBudget", "SelfTraining"))
+    assert (mt.checkpoint, plain.checkpoint, st.checkpoint) == ("teacher", "student", "student")
+    assert mt.predictions.endswith("predictions/nnUNetTrainerMeanTeacher__teacher")
+    assert mt.metrics != mt.for_checkpoint("student").metrics
+    commands = []
+
+    def fake_run(cmd, log, env, prefix, *a, **k):
+        commands.append(cmd)
+        out = cmd[cmd.index("-o") + 1]
+        os.makedirs(out, exist_ok=True)
+        open(os.path.join(out, "case1.nii.gz"), "w").close()
+
+    monkeypatch.setattr(rb, "run_logged", fake_run)
+    with pytest.raises(BenchmarkError, match="checkpoint_final_teacher.pth does not exist"):
+        bench.predict(3, mt, "[test]")
+    for paths, name in ((mt, "checkpoint_final_teacher.pth"), (plain, "checkpoint_final.pth")):
+        os.makedirs(paths.fold_folder(paths.final), exist_ok=True)
+        open(os.path.join(paths.fold_folder(paths.final), name), "w").close()
+        bench.predict(3, paths, "[test]")
+        cmd = commands[-1]
+        assert cmd[cmd.index("-chk") + 1] == name and cmd[cmd.index("-o") + 1] == paths.predictions
+
+
+# ------------------------------------------------------------------------------------------------ figure
+def test_legend_is_outside_the_axes(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+    from nnunet_mona.benchmark.report import bar_chart
+    figures = []
+    monkeypatch.setattr(plt, "close", lambda fig: figures.append(fig))
+    summary = {"mona": {"mean": {"dice": 0.05}}}
+    results = {"protocol": {"labeled_counts": [1, 3], "trainers": ["nnUNetTrainerBudget", "SelfTraining"],
+                            "dataset_name": "D", "epochs": 1, "iterations_per_epoch": 1},
+               "runs": [{"n_labeled": n, "trainer": t, "status": "ok", "summary": summary}
+                        for n in (1, 3) for t in ("nnUNetTrainerBudget", "SelfTraining")]}
+    bar_chart(results, str(tmp_path / "r.png"))
+    fig = figures[0]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert legend.x0 >= axes.x1  # right of the axes: covers no bar
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+SELF_ID = 984
+
+
+@pytest.fixture(scope="module")
+def poisoned_dataset(nnunet_dirs):
+    """1 labeled + 2 'unlabeled' patients (2 frames each), 1 test patient; planned and preprocessed, then the
+    labels of the unlabeled cases are deleted (preprocessed) or replaced by garbage (raw, gt_segmentations) and their
+    class_locations poisoned: reading any of them fails or shows."""
+    from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
+    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=SELF_ID, dataset_name="MonaSelfTraining",
+                                    n_labeled_patients=1, n_unlabeled_patients=2, n_test_patients=1, size=(64, 64),
+                                    n_slices=2, unlabeled_as_training_cases=True, seed=4)
+    name = f"Dataset{SELF_ID}_MonaSelfTraining"
+    raw = os.path.join(nnunet_dirs["raw"], name)
+    with open(os.path.join(raw, "splits_final_1labeled.json"), "w") as f:
+        json.dump([{"train": roles["labeled"], "val": roles["labeled"], "unlabeled": roles["unlabeled"]}], f)
+    _plan_and_preprocess(SELF_ID)
+    pre = os.path.join(nnunet_dirs["preprocessed"], name)
+    for case in roles["unlabeled"]:
+        os.remove(os.path.join(pre, "nnUNetPlans_2d", case + "_seg.b2nd"))
+        for label in (os.path.join(raw, "labelsTr", case + ".nii.gz"), os.path.join(pre, "gt_segmentations",
+                                                                                    case + ".nii.gz")):
+            with open(label, "wb") as f:
+                f.write(b"not a label")
+        pkl = os.path.join(pre, "nnUNetPlans_2d", case + ".pkl")
+        with open(pkl, "rb") as f:
+            properties = pickle.load(f)
+        properties["class_locations"] = {k: "POISON" for k in properties["class_locations"]}
+        with open(pkl, "wb") as f:
+            pickle.dump(properties, f)
+    return {"name": name, "roles": roles, "pre": pre, **nnunet_dirs}
+
+
+def _self_cmd(output, batch):
+    return [os.path.join(BIN, "nnUNetv2_mona_benchmark"), "-d", str(SELF_ID), "--labeled", "1", "--trainers",
+            "SelfTraining", "--batch_size", str(batch), "--epochs", "1", "--iterations", "2", "--val_iterations", "1",
+            "--device", "cpu", "--np", "1", "--disable_tta", "-o", output]
+
+
+def test_self_training_row_end_to_end(poisoned_dataset, tmp_path):
+    import blosc2
+    d, roles = poisoned_dataset, poisoned_dataset["roles"]
+    env = dict(os.environ, nnUNet_n_proc_DA="0", nnUNet_def_n_proc="1")
+    output = str(tmp_path / "bench")
+    log = run_cmd(_self_cmd(output, 3), timeout=900, env=env)
+    results = json.load(open(os.path.join(output, "results.json")))
+    (row,) = results["runs"]
+    assert row["status"] == "ok", (row, log[-3000:])
+    assert row["trainer"] == "SelfTraining" and 0.0 <= row["summary"]["mona"]["mean"]["dice"] <= 1.0
+    first, pseudo, last = row["train"]["stages"]
+    assert pseudo["n_pseudo_labeled_cases"] == len(roles["unlabeled"])
+    assert row["train"]["wall_seconds_this_segment"] == pytest.approx(
+        first["wall_seconds_this_segment"] + pseudo["wall_seconds"] + last["wall_seconds_this_segment"], abs=0.2)
+    # the plans copy: batch 3, same data identifier, nothing preprocessed again
+    p = results["protocol"]
+    assert (p["plans"], p["batch_size"], p["data_identifier"]) == ("nnUNetPlans_bs3", 3, "nnUNetPlans_2d")
+    for fold in (first["fold_folder"], last["fold_folder"]):
+        assert "nnUNetTrainerBudget__nnUNetPlans_bs3__2d" in fold
+        plans = json.load(open(os.path.join(os.path.dirname(fold), "plans.json")))
+        assert plans["configurations"]["2d"]["batch_size"] == 3
+    assert sorted(os.listdir(d["pre"])) == sorted(e for e in os.listdir(d["pre"]) if "bs3" not in e)
+    # the retraining trained on labeled + pseudo-labeled cases, with pseudo-labels and clean properties
+    derived = os.path.join(row["preprocessed_root"], d["name"])
+    split = json.load(open(os.path.join(derived, "splits_final.json")))[0]
+    assert sorted(split["train"]) == sorted(roles["labeled"] + roles["unlabeled"]) and split["unlabeled"] == []
+    assert f"This split has {len(split['train'])} training and" in open(row["train_log"]).read()
+    for case in roles["unlabeled"]:
+        seg = blosc2.open(os.path.join(derived, "nnUNetPlans_2d", case + "_seg.b2nd"))[:]
+        props = pickle.load(open(os.path.join(derived, "nnUNetPlans_2d", case + ".pkl"), "rb"))
+        assert props["pseudo_label"] and "POISON" not in str(props["class_locations"])
+        for label, locations in props["class_locations"].items():
+            locations = np.asarray(locations).reshape(-1, seg.ndim)
+            assert all(seg[tuple(loc)] == label for loc in locations[:50])
+    # another batch size in the same folder: refused before any work
+    proc = subprocess.run(_self_cmd(output, 2), capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 1 and "another protocol" in proc.stderr and "batch_size: 3 there, 2 now" in proc.stderr
+    assert not any("bs2" in e for e in os.listdir(os.path.join(output, "labeled_1", "nnUNet_preprocessed", d["name"])))
