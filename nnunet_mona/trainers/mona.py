@@ -47,6 +47,7 @@ from nnunet_mona.modules.feature_hooks import (DecoderFeatureCollector, decoder_
 from nnunet_mona.modules.memory_bank import ClassMemoryBank, FeatureQueue
 from nnunet_mona.modules.projection_heads import MultiScaleRepresentationHead, PixelProjectionHead
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
+from nnunet_mona.trainers.term_monitor import chance_value
 
 
 def resize_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -138,6 +139,11 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         self._labeled_images = None
         self._teacher_step = None  # teacher representation / probabilities of the current step
         self._pending = {}  # what after_optimizer_step enqueues
+
+    collapse_zero_terms = ("nn",)
+
+    def chance_values(self) -> Dict[str, float]:
+        return {"contrast": chance_value(self.contrast_num_negatives)} if self.use_contrast else {}
 
     @property
     def needs_features(self) -> bool:

@@ -35,6 +35,7 @@ from nnunet_mona.trainers.budget import apply_budget_from_environment, seed_from
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
+from nnunet_mona.trainers.term_monitor import degenerate_term_warnings
 
 
 def sigmoid_rampup(progress: float) -> float:
@@ -384,7 +385,17 @@ class nnUNetTrainerSemiSupervised(nnUNetTrainer):
         terms = {n: self.logger.get_value(term_key(n), step=-1) for n in self.all_term_names}
         self.print_to_log_file("loss terms", {k: round(float(v), 4) for k, v in terms.items()},
                                f"(unsupervised ramp {self.unsupervised_weight_factor():.3f})")
+        for message in degenerate_term_warnings({k: float(v) for k, v in terms.items()}, self.chance_values(),
+                                                self.collapse_zero_terms):
+            self.print_to_log_file(message)
         super().on_epoch_end()
+
+    # names of terms whose value 0 means a collapsed representation (e.g. MONA's 'nn')
+    collapse_zero_terms: tuple = ()
+
+    def chance_values(self) -> Dict[str, float]:
+        """{term: value it takes when every similarity is equal}; contrastive trainers override."""
+        return {}
 
     # ------------------------------------------------------------------ checkpoints
     def extra_checkpoint_state(self) -> dict:
