@@ -60,8 +60,6 @@ def make_fake_acdc(folder):
     return folder
 
 
-@pytest.mark.skipif(os.environ.get("NNUNET_MONA_DEVICE_DRYRUN") != "1", reason=(
-    "not yet seen passing (issue #13): run with NNUNET_MONA_DEVICE_DRYRUN=1 on a quiet machine, then drop this gate"))
 def test_device_script_cpu_token_budget(tmp_path):
     acdc = make_fake_acdc(tmp_path / "ACDC")
     env_dir, out, work = tmp_path / "env", tmp_path / "out", tmp_path / "work"
