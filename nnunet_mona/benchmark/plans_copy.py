@@ -16,6 +16,7 @@ import os
 from typing import Optional
 
 from nnunet_mona.benchmark.processes import BenchmarkError
+from nnunet_mona.benchmark.evaluate import save_json
 
 
 def batch_plans_name(plans: str, batch_size: int) -> str:
@@ -48,9 +49,7 @@ def make_batch_plans(plans: dict, configuration: str, batch_size: int, plans_nam
 def _write_json(obj, path: str) -> None:
     if os.path.islink(path):
         os.remove(path)
-    with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(path + ".tmp", path)
+    save_json(obj, path)
 
 
 def install_batch_plans(target: str, source_plans_file: str, configuration: str, batch_size: int,

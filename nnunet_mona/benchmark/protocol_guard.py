@@ -12,6 +12,7 @@ import os
 from typing import Optional
 
 from nnunet_mona.benchmark.processes import BenchmarkError
+from nnunet_mona.benchmark.evaluate import save_json
 
 STAMP = "benchmark_protocol.json"
 
@@ -73,6 +74,4 @@ def write_stamp(output: str, key: dict) -> None:
         with open(path) as f:
             merged = json.load(f)
     merged.update(key)
-    with open(path + ".tmp", "w") as f:
-        json.dump(merged, f, indent=2)
-    os.replace(path + ".tmp", path)
+    save_json(merged, path)

@@ -27,6 +27,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from nnunet_mona.benchmark.evaluate import save_json
+
 SELF_TRAINING = "SelfTraining"
 BASE_TRAINER = "nnUNetTrainerBudget"
 SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
@@ -145,10 +147,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     record = pseudo_label(args.model, args.source, args.target, args.p, args.c, args.f, args.device,
                           not args.disable_tta)
-    os.makedirs(os.path.dirname(os.path.abspath(args.record)), exist_ok=True)
-    with open(args.record + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(args.record + ".tmp", args.record)
+    save_json(record, args.record)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ Same arguments and the same code path as
 * wall time, device name, and the epoch timing from the checkpoint's logger (see :func:`epoch_timing`).
 """
 import argparse
-import json
 import multiprocessing
 import os
 import socket
@@ -17,6 +16,8 @@ import time
 from typing import Optional
 
 import torch
+
+from nnunet_mona.benchmark.evaluate import save_json
 
 
 def epoch_timing(checkpoint_file: str, iterations_per_epoch: Optional[int]) -> dict:
@@ -100,10 +101,7 @@ def main(argv=None) -> None:
         "fold_folder": fold_folder,
         **epoch_timing(os.path.join(fold_folder, "checkpoint_final.pth"), iterations),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.record)), exist_ok=True)
-    with open(args.record + ".tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(args.record + ".tmp", args.record)
+    save_json(record, args.record)
 
 
 if __name__ == "__main__":
