@@ -64,3 +64,20 @@ def masked_pseudo_label_dice(student_logits: torch.Tensor, pseudo_label: torch.T
     dice = (2 * intersection + smooth) / (denominator + smooth)  # (K,)
     dice = dice if include_background or k == 1 else dice[1:]
     return 1.0 - dice.mean()
+
+
+def confident_pseudo_label_losses(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
+                                  confidence: torch.Tensor, valid: torch.Tensor, threshold: float,
+                                  with_dice: bool = True) -> dict:
+    """The weak-to-strong pseudo-label loss of Mean Teacher and MONA: {'unsup': masked CE (FixMatch
+    normalisation), 'unsup_dice': batch soft Dice on the confident pixels (if ``with_dice``)}.
+
+    Shapes as in :func:`masked_pseudo_label_ce`; ``pseudo_label`` may hold -1 (ignored: cut out or
+    outside the image), such pixels count neither as valid nor as confident.
+    """
+    valid = valid & (pseudo_label >= 0)
+    ce, _ = masked_pseudo_label_ce(student_logits, pseudo_label.clamp_min(0), confidence, valid, threshold)
+    terms = {"unsup": ce}
+    if with_dice:
+        terms["unsup_dice"] = masked_pseudo_label_dice(student_logits, pseudo_label, (confidence >= threshold) & valid)
+    return terms

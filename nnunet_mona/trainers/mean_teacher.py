@@ -16,7 +16,7 @@ from typing import Dict
 import torch
 
 from nnunet_mona.augment.unlabeled_mixing import mix_unlabeled_batch
-from nnunet_mona.losses.consistency import masked_pseudo_label_ce, masked_pseudo_label_dice, softmax_mse
+from nnunet_mona.losses.consistency import confident_pseudo_label_losses, masked_pseudo_label_dice, softmax_mse
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 
 
@@ -45,20 +45,20 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         # deep supervision: the consistency uses the full-resolution output only
         logits = student_outputs_unlabeled[0] if isinstance(student_outputs_unlabeled, (list, tuple)) \
             else student_outputs_unlabeled
-        valid = student_input["valid"] & (student_input["pseudo_label"] >= 0)
-        confident = (student_input["confidence"] >= self.confidence_threshold) & valid
-        confident_fraction = confident.sum() / valid.sum().clamp_min(1)
+        labels, confidence = student_input["pseudo_label"], student_input["confidence"]
+        valid = student_input["valid"] & (labels >= 0)
+        confident_fraction = ((confidence >= self.confidence_threshold) & valid).sum() / valid.sum().clamp_min(1)
         terms = {"confident_fraction": confident_fraction.detach().float()}
         if self.consistency == "masked_ce":
-            terms["unsup"], _ = masked_pseudo_label_ce(logits, student_input["pseudo_label"].clamp_min(0),
-                                                       student_input["confidence"], valid,
-                                                       self.confidence_threshold)
+            terms.update(confident_pseudo_label_losses(logits, labels, confidence, valid, self.confidence_threshold,
+                                                       with_dice=self.use_pseudo_label_dice))
         elif self.consistency == "mse":
             terms["unsup"] = softmax_mse(logits, student_input["probs"], valid)
+            if self.use_pseudo_label_dice:
+                terms["unsup_dice"] = masked_pseudo_label_dice(logits, labels, (confidence >= self.confidence_threshold)
+                                                               & valid)
         else:
             raise ValueError(f"unknown consistency {self.consistency!r}: use 'masked_ce' or 'mse'")
-        if self.use_pseudo_label_dice:
-            terms["unsup_dice"] = masked_pseudo_label_dice(logits, student_input["pseudo_label"], confident)
         return terms
 
 
