@@ -33,18 +33,7 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 
-
-def find_trainer_class(name: str):
-    import nnunet_mona.trainers as ours
-    if hasattr(ours, name):
-        return getattr(ours, name)
-    import nnunetv2
-    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
-    cls = recursive_find_python_class(join(nnunetv2.__path__[0], "training", "nnUNetTrainer"), name,
-                                      "nnunetv2.training.nnUNetTrainer")
-    if cls is None:
-        raise RuntimeError(f"trainer {name} not found in nnunet_mona.trainers or nnunetv2")
-    return cls
+from nnunet_mona.trainers.ready_trainer import find_trainer_class, finish_loaders, start_loaders
 
 
 def _sync(device: torch.device) -> None:
@@ -66,22 +55,17 @@ def _peak_resident_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _finish_loaders(trainer) -> None:
-    for attr in ("dataloader_train", "dataloader_val", "dataloader_unlabeled"):
-        loader = getattr(trainer, attr, None)
-        if loader is not None and hasattr(loader, "_finish"):
-            loader._finish()
+def _fresh(plans: dict) -> dict:
+    plans = copy.deepcopy(plans)
+    plans["continue_training"] = False
+    return plans
 
 
 def benchmark(trainer_name: str, plans: dict, configuration: str, fold, dataset_json: dict, device: torch.device,
               warmup: int, iterations: int) -> dict:
-    plans = copy.deepcopy(plans)
-    plans["continue_training"] = False
-    trainer = find_trainer_class(trainer_name)(plans, configuration, fold, dataset_json, device=device)
+    trainer = find_trainer_class(trainer_name)(_fresh(plans), configuration, fold, dataset_json, device=device)
     trainer.initialize()
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    trainer.network.train()
-    trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
+    start_loaders(trainer)
     unlabeled = getattr(trainer, "unlabeled_batch_size", None) or 0
     _ = next(trainer.dataloader_train)  # loaders started, their buffers resident
     gc.collect()
@@ -101,7 +85,7 @@ def benchmark(trainer_name: str, plans: dict, configuration: str, fold, dataset_
         peak = torch.cuda.max_memory_allocated(device) / 2 ** 20 if device.type == "cuda" \
             else _peak_resident_mb() - resident_before
     finally:
-        _finish_loaders(trainer)
+        finish_loaders(trainer)
     result = {"trainer": trainer_name, "batch": f"{trainer.batch_size}+{unlabeled}",
               "mean_s": float(np.mean(times)), "std_s": float(np.std(times)), "peak_mb": peak}
     del trainer

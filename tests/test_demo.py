@@ -11,7 +11,7 @@ from nnunet_mona.demo.run_demo import DEFAULT_TRAINERS, build_parser, main, sett
 
 # everything the demo sets in os.environ; restored after the test (other tests use their own folders)
 DEMO_ENV_VARS = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnUNet_n_proc_DA",
-                 "nnUNet_def_n_proc", "nnUNet_compile")
+                 "nnUNet_def_n_proc", "nnUNet_compile", "OMP_WAIT_POLICY", "nnUNet_mona_skip_validation")
 TINY = ["--quick", "--epochs", "1", "--iterations", "2", "--num_unlabeled", "2", "--num_test", "1",
         "--device", "cpu"]
 
@@ -47,6 +47,13 @@ def test_demo_end_to_end(tmp_path, isolated_env):
     table = (work / "results.md").read_text()
     assert all(f"`{t}`" in table for t in DEFAULT_TRAINERS)
     assert result["dice"] == results["dice"]
+    # fold 'all' validates on training cases: the demo skips that validation (nnUNet_mona_skip_validation)
+    for trainer in DEFAULT_TRAINERS:
+        fold = work / "nnUNet_results" / "Dataset980_MonaDemo" / f"{trainer}__nnUNetPlans__2d" / "fold_all"
+        assert (fold / "checkpoint_final.pth").is_file()
+        assert not (fold / "validation").exists(), trainer
+        log = next(fold.glob("training_log_*.txt")).read_text()
+        assert "final validation skipped" in log
 
     # a second run continues: training and prediction are skipped, the results are the same
     again = main(TINY + ["-o", str(work)])

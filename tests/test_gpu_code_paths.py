@@ -13,7 +13,6 @@ autocast's casting rules, or a loss that needs fp32 and does not ask for it, fai
 non-finite the same way.
 """
 import functools
-import os
 
 import numpy as np
 import pytest
@@ -31,20 +30,12 @@ def compile_with_aot_eager(monkeypatch):
 
 
 def _trainer(dataset, name, suffix, overrides):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
     import nnunet_mona.trainers as trainers
-
-    pre = dataset["pre"]
-    plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
-    plans["continue_training"] = False
+    from nnunet_mona.trainers.ready_trainer import make_trainer, start_loaders
     # own class name: its output folder is apart from the other modules' trainers
     cls = type(name + suffix, (getattr(trainers, name),), overrides)
-    torch.manual_seed(0)
-    trainer = cls(plans, "2d", 2, load_json(os.path.join(pre, "dataset.json")), device=torch.device("cpu"))
-    trainer.initialize()
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
-    trainer.network.train()
-    trainer.set_deep_supervision_enabled(trainer.enable_deep_supervision)
+    trainer = make_trainer(cls, dataset["pre"], fold=2, seed=0)
+    start_loaders(trainer)
     return trainer
 
 

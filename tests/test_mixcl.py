@@ -123,12 +123,8 @@ def pretrained(mixcl_dataset):
 
 
 def _trainer(ds, cls):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    plans = load_json(os.path.join(ds["pre"], "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    trainer = cls(plans, "2d", 0, load_json(os.path.join(ds["pre"], "dataset.json")), device=torch.device("cpu"))
-    trainer.initialize()
-    return trainer
+    from nnunet_mona.trainers.ready_trainer import make_trainer
+    return make_trainer(cls, ds["pre"], fold=0)
 
 
 def test_trainer_step_gradients_reach_student_and_heads_not_teacher(mixcl_dataset):

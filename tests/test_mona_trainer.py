@@ -57,14 +57,8 @@ def test_feature_hooks_shapes_and_gating():
 
 # ---------------------------------------------------------------- trainer fixtures (dataset: conftest, fold 0)
 def _make_trainer(pre, name=TRAINER, configuration="2d", plans=None):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    import nnunet_mona.trainers as trainers
-    plans = plans or load_json(os.path.join(pre, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    trainer = getattr(trainers, name)(plans, configuration, "all", load_json(os.path.join(pre, "dataset.json")),
-                                      device=torch.device("cpu"))
-    trainer.initialize()
-    return trainer
+    from nnunet_mona.trainers.ready_trainer import make_trainer
+    return make_trainer(name, pre, configuration=configuration, plans=plans)
 
 
 def _fake_step(trainer, seed=0):

@@ -78,6 +78,8 @@ class Benchmark:
             env["nnUNet_mona_val_iterations"] = str(a.val_iterations)
         if a.seed is not None:
             env["nnUNet_mona_seed"] = str(a.seed)
+        # spinning OpenMP threads steal the cores of the augmentation workers (and of a parallel row) on a CPU
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         return env
 
     def _ran(self, step: str) -> None:

@@ -24,9 +24,11 @@ SEMI_SUPERVISED = ("MeanTeacher", "MONA", "ACTION", "MixCL", "SemiSupervised")
 # should take ~6-10 min there; plain nnU-Net reaches a good but imperfect Dice on cavity/wall within this budget.
 PRESETS = {
     "default": {"num_labeled": 3, "num_unlabeled": 30, "num_test": 8, "size": [64, 64], "num_slices": 3,
-                "epochs": 10, "iterations": 15, "val_iterations": 2, "work_dir": "nnunet_mona_demo"},
+                "epochs": 10, "iterations": 15, "val_iterations": 2, "scanner_shift": 1.0,
+                "work_dir": "nnunet_mona_demo"},
     "quick": {"num_labeled": 3, "num_unlabeled": 6, "num_test": 2, "size": [64, 64], "num_slices": 2,
-              "epochs": 2, "iterations": 5, "val_iterations": 1, "work_dir": "nnunet_mona_demo_quick"},
+              "epochs": 2, "iterations": 5, "val_iterations": 1, "scanner_shift": 1.0,
+              "work_dir": "nnunet_mona_demo_quick"},
 }
 
 
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"unlabeled patients (imagesUnlabeled). Default: {d['num_unlabeled']}")
     parser.add_argument("--num_test", type=int, default=None,
                         help=f"held-out test patients (imagesTs/labelsTs). Default: {d['num_test']}")
+    parser.add_argument("--scanner_shift", type=float, default=None,
+                        help=f"how far the unlabeled and test patients' scanners may differ from the labeled "
+                             f"patients' one (0 = all patients from the same scanner, 1 = up to a wall darker than "
+                             f"the surrounding tissue, noisier images and a stronger bias field). Default: "
+                             f"{d['scanner_shift']}")
     parser.add_argument("--epochs", type=int, default=None, help=f"epochs of every trainer. Default: {d['epochs']}")
     parser.add_argument("--iterations", type=int, default=None,
                         help=f"iterations per epoch of every trainer. Default: {d['iterations']}")
@@ -85,11 +92,14 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
 
     dataset = DatasetSettings(num_labeled=pick("num_labeled"), num_unlabeled=pick("num_unlabeled"),
                               num_test=pick("num_test"), size=list(preset["size"]),
-                              num_slices=preset["num_slices"], seed=args.seed)
+                              num_slices=preset["num_slices"], seed=args.seed,
+                              scanner_shift=pick("scanner_shift"))
     training = TrainingSettings(epochs=pick("epochs"), iterations=pick("iterations"),
                                 val_iterations=preset["val_iterations"])
     if dataset.num_labeled < 1:
         raise DemoError("--num_labeled must be >= 1")
+    if not 0.0 <= dataset.scanner_shift <= 1.0:
+        raise DemoError(f"--scanner_shift must be between 0 and 1 (got {dataset.scanner_shift})")
     if dataset.num_test < 1 or dataset.num_unlabeled < 0:
         raise DemoError("--num_test must be >= 1 and --num_unlabeled >= 0")
     if training.epochs < 1 or training.iterations < 1:

@@ -75,7 +75,7 @@ def synthesize_case(rng: np.random.Generator, anatomy: Dict, frame_scale: float,
         img[lab == LABELS["cavity"]] = anatomy["intensity"]["cavity"]
         img[lab == LABELS["wall"]] = anatomy["intensity"]["wall"]
         img[lab == LABELS["lesion"]] = anatomy["intensity"]["lesion"]
-        img = img * (1 + 0.25 * _smooth_noise(rng, (h, w), 24))  # bias field
+        img = img * (1 + anatomy.get("bias", 0.25) * _smooth_noise(rng, (h, w), 24))  # bias field
         img = img + rng.normal(0, anatomy["noise"], size=(h, w))
         image[z] = img.astype(np.float32) * 400.0  # MRI-like arbitrary units
         label[z] = lab
@@ -106,6 +106,22 @@ def sample_anatomy(rng: np.random.Generator, size: Sequence[int], lesion_probabi
     }
 
 
+def seen_by_scanner(anatomy: Dict, shift: float) -> Dict:
+    """The same anatomy imaged by a scanner ``shift`` (0 = the labeled patients' scanner, 1 = the farthest one)
+    away: the wall darkens from brighter than the surrounding tissue to darker than it (its contrast to the
+    background passes through zero on the way), the cavity darkens, noise and bias field grow. nnU-Net's
+    augmentation (brightness, contrast, gamma, noise) does not turn one of these appearances into another.
+    """
+    seen = dict(anatomy)
+    seen["intensity"] = dict(anatomy["intensity"])
+    seen["intensity"]["wall"] = anatomy["intensity"]["wall"] - 0.15 * shift
+    seen["intensity"]["cavity"] = anatomy["intensity"]["cavity"] - 0.10 * shift
+    seen["noise"] = anatomy["noise"] + 0.03 * shift
+    seen["bias"] = 0.25 + 0.25 * shift
+    seen["scanner_shift"] = float(shift)
+    return seen
+
+
 def _write(array_zyx: np.ndarray, path: str, spacing_xyz, is_label: bool) -> None:
     img = sitk.GetImageFromArray(array_zyx.astype(np.uint8 if is_label else np.float32))
     img.SetSpacing(tuple(float(s) for s in spacing_xyz))
@@ -116,13 +132,19 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
                             n_labeled_patients: int = 3, n_unlabeled_patients: int = 12,
                             n_test_patients: int = 4, frames_per_patient: int = 2, n_slices: int = 3,
                             size: Sequence[int] = (96, 96), lesion_probability: float = 0.35,
-                            unlabeled_as_training_cases: bool = False, seed: int = 0) -> Dict[str, List[str]]:
+                            unlabeled_as_training_cases: bool = False, scanner_shift: float = 0.0,
+                            seed: int = 0) -> Dict[str, List[str]]:
     """Write ``DatasetXXX_Name`` under ``raw_root``.
 
     Labeled patients go to imagesTr/labelsTr, test patients to imagesTs/labelsTs. Unlabeled
     patients go to ``imagesUnlabeled`` (no label file is written), or, with
     ``unlabeled_as_training_cases=True``, to imagesTr/labelsTr so that scarcity can be
     simulated with a split (their labels exist on disk but must never be read).
+
+    ``scanner_shift`` > 0 simulates a multi-scanner population: labeled patients all come from one scanner
+    (shift 0), every unlabeled and test patient from a scanner drawn uniformly in [0, scanner_shift]
+    (``seen_by_scanner``). With 0 (default) every patient looks the same way (and the random stream, hence the
+    data of a given seed, is what it was before the option existed).
 
     Returns the case ids per role: ``{'labeled', 'unlabeled', 'test'}``.
     """
@@ -142,6 +164,8 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
             # the rare class must be annotated somewhere: the first labeled patient always shows it
             forced = role == "labeled" and index == 0 and lesion_probability > 0
             anatomy = sample_anatomy(rng, size, 1.0 if forced else lesion_probability)
+            if scanner_shift > 0 and role != "labeled":
+                anatomy = seen_by_scanner(anatomy, rng.uniform(0.0, scanner_shift))
             for frame in range(1, frames_per_patient + 1):
                 cid = case_id(patient, frame)
                 image, label = synthesize_case(rng, anatomy, 1.0 - 0.12 * (frame - 1), n_slices, size)

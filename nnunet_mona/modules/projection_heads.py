@@ -77,7 +77,7 @@ class MultiScaleRepresentationHead(nn.Module):
 
     def __init__(self, in_channels: Sequence[int], proj_channels: int = 64, out_channels: int = 256,
                  reference_index: int = -1, fusion: str = "sum", nonlinear: bool = True,
-                 batch_norm: bool = False, spatial_dims: int = 2):
+                 batch_norm: bool = False, spatial_dims: int = 2, standardize_output: bool = False):
         super().__init__()
         if fusion not in ("sum", "concat"):
             raise ValueError(f"fusion must be 'sum' or 'concat', got {fusion!r}")
@@ -92,6 +92,7 @@ class MultiScaleRepresentationHead(nn.Module):
         fused = proj_channels if fusion == "sum" else proj_channels * len(in_channels)
         self.output_head = PixelProjectionHead(fused, out_channels, out_channels, nonlinear, batch_norm,
                                                spatial_dims)
+        self.standardize_output = standardize_output
 
     def _resize(self, x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         if tuple(x.shape[2:]) == tuple(size):
@@ -107,4 +108,19 @@ class MultiScaleRepresentationHead(nn.Module):
         size = features[self.reference_index].shape[2:]
         projected = [self._resize(proj(f), size) for proj, f in zip(self.level_projections, features)]
         fused = torch.stack(projected, 0).sum(0) if self.fusion == "sum" else torch.cat(projected, 1)
-        return self.output_head(fused)
+        out = self.output_head(fused)
+        if self.standardize_output:
+            out = standardize_over_batch(out)
+        return out
+
+
+def standardize_over_batch(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """(B, C, *S) -> same shape, each channel at zero mean and unit variance over the batch's pixels.
+
+    Always the current batch's statistics (no running estimates, no parameters), in train and eval mode
+    alike, so an EMA teacher head standardises its own batch just as the student does. Why: pixel
+    embeddings of a ReLU network share a large common component (class-mean cosines ~0.99 at init); after
+    L2 normalisation every key of a contrastive loss then points the same way and the InfoNCE sits at its
+    chance value whatever the anchors do. Removing the per-channel mean leaves only what differs.
+    """
+    return F.batch_norm(x, None, None, training=True, eps=eps)

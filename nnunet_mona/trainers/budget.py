@@ -9,6 +9,9 @@ nnU-Net fixes the budget in code (1000 epochs x 250 iterations; variants such as
 ``nnUNet_mona_val_iterations`` sets the validation iterations per epoch, ``nnUNet_mona_save_every``
 how often (epochs) ``checkpoint_latest.pth`` is written, ``nnUNet_mona_seed`` seeds python, numpy
 and torch (with ``nnUNet_n_proc_DA=0`` a CPU run is then repeatable). Unset: nnU-Net's defaults.
+``nnUNet_mona_skip_validation=1`` skips the validation ``nnUNetv2_train`` runs after training
+(``nnUNetv2_train ... --val`` still runs it): with fold ``all`` it predicts the training cases, which
+tells nothing, and on a small CPU it costs minutes (export worker processes that import nnU-Net).
 """
 import os
 import random
@@ -25,6 +28,7 @@ BUDGET_VARIABLES = {
     "nnUNet_mona_save_every": "save_every",
 }
 SEED_VARIABLE = "nnUNet_mona_seed"
+SKIP_VALIDATION_VARIABLE = "nnUNet_mona_skip_validation"
 
 
 def _positive_int(variable: str, raw: str, minimum: int = 1) -> int:
@@ -64,7 +68,33 @@ def apply_budget_from_environment(trainer: nnUNetTrainer) -> None:
         trainer.print_to_log_file(f"random seed = {seed} (from {SEED_VARIABLE})")
 
 
-class nnUNetTrainerBudget(nnUNetTrainer):
+def validation_skipped(trainer: nnUNetTrainer) -> bool:
+    """True (and a line in the training log) when ``nnUNet_mona_skip_validation`` asks to skip the final
+    validation of a run that has just trained. ``nnUNetv2_train --val`` (validation only) is never skipped."""
+    raw = os.environ.get(SKIP_VALIDATION_VARIABLE, "")
+    if raw not in ("", "0", "1"):
+        raise ValueError(f"{SKIP_VALIDATION_VARIABLE} must be 0 or 1, got {raw!r}")
+    if raw != "1" or getattr(trainer, "_validation_only", True):
+        return False
+    trainer.print_to_log_file(f"final validation skipped ({SKIP_VALIDATION_VARIABLE}=1); run nnUNetv2_train ... "
+                              f"--val to validate this model")
+    return True
+
+
+class TrainedThisRun:
+    """Mixin: remembers whether ``run_training`` ran in this process (else the call is ``--val``)."""
+
+    def run_training(self):
+        self._validation_only = False
+        return super().run_training()
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        if validation_skipped(self):
+            return
+        return super().perform_actual_validation(save_probabilities)
+
+
+class nnUNetTrainerBudget(TrainedThisRun, nnUNetTrainer):
     """Plain nnU-Net (nothing changed) whose budget follows the ``nnUNet_mona_*`` variables: the
     fair supervised baseline for a semi-supervised run with the same budget."""
 

@@ -88,6 +88,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     head_out_channels: int = 128
     head_nonlinear: bool = True  # paper: non-linear projectors (code: linear)
     use_predictor: bool = True  # student-only predictor on top of the head (MONA q_representation)
+    # centre and scale each embedding channel over the batch (projection_heads.standardize_over_batch)
+    head_standardize_output: bool = False
     # ---- anatomical contrast (spec A.3.3(4), E.11)
     use_contrast: bool = True
     contrast_sampler: str = "uniform"  # 'uniform' (NS) | 'stratified' (SG) | 'antithetic' (SAG)
@@ -181,7 +183,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         reference = int(len(errors) - 1 - np.argmin(errors[::-1]))
         return MultiScaleRepresentationHead(channels, self.head_proj_channels, self.head_out_channels,
                                             reference_index=reference, fusion="sum",
-                                            nonlinear=self.head_nonlinear).to(self.device)
+                                            nonlinear=self.head_nonlinear,
+                                            standardize_output=self.head_standardize_output).to(self.device)
 
     def build_auxiliary_modules(self) -> Optional[nn.ModuleDict]:
         # runs inside nnUNetTrainer.initialize after torch.compile and before DDP: hooks go on the

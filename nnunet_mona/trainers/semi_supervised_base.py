@@ -31,7 +31,7 @@ from torch import autocast, nn
 from torch import distributed as dist
 
 from nnunet_mona.data.paths import unlabeled_preprocessed_folder
-from nnunet_mona.trainers.budget import apply_budget_from_environment, seed_from_environment
+from nnunet_mona.trainers.budget import TrainedThisRun, apply_budget_from_environment, seed_from_environment
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
@@ -44,7 +44,7 @@ def sigmoid_rampup(progress: float) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
-class nnUNetTrainerSemiSupervised(nnUNetTrainer):
+class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     """Base class: EMA teacher, unlabeled loader, weak/strong views, loss-term logging.
 
     Not meant to be trained directly (it has no unsupervised loss); use a method trainer such as
