@@ -12,7 +12,11 @@ and torch (with ``nnUNet_n_proc_DA=0`` a CPU run is then repeatable). Unset: nnU
 ``nnUNet_mona_skip_validation=1`` skips the validation ``nnUNetv2_train`` runs after training
 (``nnUNetv2_train ... --val`` still runs it): with fold ``all`` it predicts the training cases, which
 tells nothing, and on a small CPU it costs minutes (export worker processes that import nnU-Net).
+``nnUNet_mona_loss_weights`` (semi-supervised trainers) overrides loss-term weights for one run, as
+JSON: ``nnUNet_mona_loss_weights='{"unsup": 0, "unsup_dice": 0}'`` trains Mean Teacher with its
+unsupervised path switched off (the ablation without a new trainer class).
 """
+import json
 import os
 import random
 
@@ -29,6 +33,7 @@ BUDGET_VARIABLES = {
 }
 SEED_VARIABLE = "nnUNet_mona_seed"
 SKIP_VALIDATION_VARIABLE = "nnUNet_mona_skip_validation"
+LOSS_WEIGHTS_VARIABLE = "nnUNet_mona_loss_weights"
 
 
 def _positive_int(variable: str, raw: str, minimum: int = 1) -> int:
@@ -66,6 +71,32 @@ def apply_budget_from_environment(trainer: nnUNetTrainer) -> None:
         # each DDP rank gets its own stream; the network init is broadcast from rank 0 anyway
         seed_everything(seed + trainer.local_rank)
         trainer.print_to_log_file(f"random seed = {seed} (from {SEED_VARIABLE})")
+
+
+def apply_loss_weights_from_environment(trainer) -> None:
+    """Overrides ``trainer.loss_weights`` (an instance copy; the class keeps its defaults) with the JSON object
+    in ``nnUNet_mona_loss_weights``. Unknown terms and negative or non-numeric weights are errors that name
+    the valid terms, raised before any training."""
+    raw = os.environ.get(LOSS_WEIGHTS_VARIABLE, "").strip()
+    if not raw:
+        return
+    try:
+        override = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{LOSS_WEIGHTS_VARIABLE} must be a JSON object such as '{{\"unsup\": 0}}', got {raw!r} "
+                         f"({e})") from None
+    valid = dict(trainer.loss_weights)
+    if not isinstance(override, dict):
+        raise ValueError(f"{LOSS_WEIGHTS_VARIABLE} must be a JSON object of term: weight, got {raw!r}")
+    unknown = sorted(set(override) - set(valid))
+    if unknown:
+        raise ValueError(f"{LOSS_WEIGHTS_VARIABLE}: {unknown} are not loss terms of {type(trainer).__name__}; its "
+                         f"terms and weights are {valid}")
+    for term, weight in override.items():
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
+            raise ValueError(f"{LOSS_WEIGHTS_VARIABLE}: the weight of {term!r} must be a number >= 0, got {weight!r}")
+    trainer.loss_weights = {**valid, **{k: float(v) for k, v in override.items()}}
+    trainer.print_to_log_file(f"loss_weights = {trainer.loss_weights} (from {LOSS_WEIGHTS_VARIABLE})")
 
 
 def validation_skipped(trainer: nnUNetTrainer) -> bool:

@@ -31,7 +31,8 @@ from torch import autocast, nn
 from torch import distributed as dist
 
 from nnunet_mona.data.paths import unlabeled_preprocessed_folder
-from nnunet_mona.trainers.budget import TrainedThisRun, apply_budget_from_environment, seed_from_environment
+from nnunet_mona.trainers.budget import (TrainedThisRun, apply_budget_from_environment,
+                                         apply_loss_weights_from_environment, seed_from_environment)
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
@@ -83,6 +84,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget_from_environment(self)
+        apply_loss_weights_from_environment(self)
         self.teacher: Optional[EMATeacher] = None
         self.auxiliary_modules: Optional[nn.ModuleDict] = None
         self.dataloader_unlabeled = None
