@@ -27,6 +27,33 @@ def masked_pseudo_label_ce(student_logits: torch.Tensor, pseudo_label: torch.Ten
     return loss, (mask.sum() / n_valid).detach().float()
 
 
+def class_balanced_pseudo_label_ce(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
+                                   confidence: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Cross-entropy to the confident pseudo-labels, each pseudo-class weighing the same.
+
+    The mean CE over the confident pixels of each class present among them, averaged over those classes, times
+    the confident fraction (FixMatch scaling, as ``masked_pseudo_label_ce``). Why: the unlabeled stream is
+    mostly background, and where the teacher misses a small or rare structure it labels it background with
+    high confidence; pixel-averaged, those background targets outweigh every foreground one and teach the
+    student to miss the structure too. Here the background's share is 1 / (classes present).
+
+    Shapes as in :func:`masked_pseudo_label_ce`. Returns a scalar (fp32), 0 with the graph kept when no pixel
+    is confident.
+    """
+    ce = F.cross_entropy(student_logits.float(), pseudo_label.long(), reduction="none")
+    mask = (confidence >= threshold) & valid
+    if not mask.any():
+        return student_logits.float().sum() * 0.0
+    k = student_logits.shape[1]
+    labels = pseudo_label.long()[mask]
+    per_class_sum = torch.zeros(k, device=ce.device).index_add_(0, labels, ce[mask])
+    counts = torch.bincount(labels, minlength=k).float()
+    present = counts > 0
+    per_class_mean = per_class_sum[present] / counts[present]
+    confident_fraction = mask.sum() / valid.sum().clamp_min(1)
+    return per_class_mean.mean() * confident_fraction
+
+
 def softmax_mse(student_logits: torch.Tensor, teacher_probs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Classic Mean Teacher consistency: mean over valid pixels and classes of
     (softmax(student) - teacher_probs)^2. Shapes: logits/probs (B, K, *S), valid (B, *S) bool."""
@@ -68,15 +95,20 @@ def masked_pseudo_label_dice(student_logits: torch.Tensor, pseudo_label: torch.T
 
 def confident_pseudo_label_losses(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
                                   confidence: torch.Tensor, valid: torch.Tensor, threshold: float,
-                                  with_dice: bool = True) -> dict:
+                                  with_dice: bool = True, class_balanced: bool = False) -> dict:
     """The weak-to-strong pseudo-label loss of Mean Teacher and MONA: {'unsup': masked CE (FixMatch
-    normalisation), 'unsup_dice': batch soft Dice on the confident pixels (if ``with_dice``)}.
+    normalisation; with ``class_balanced`` every pseudo-class weighs the same,
+    :func:`class_balanced_pseudo_label_ce`), 'unsup_dice': batch soft Dice on the confident pixels (if
+    ``with_dice``)}.
 
     Shapes as in :func:`masked_pseudo_label_ce`; ``pseudo_label`` may hold -1 (ignored: cut out or
     outside the image), such pixels count neither as valid nor as confident.
     """
     valid = valid & (pseudo_label >= 0)
-    ce, _ = masked_pseudo_label_ce(student_logits, pseudo_label.clamp_min(0), confidence, valid, threshold)
+    if class_balanced:
+        ce = class_balanced_pseudo_label_ce(student_logits, pseudo_label.clamp_min(0), confidence, valid, threshold)
+    else:
+        ce, _ = masked_pseudo_label_ce(student_logits, pseudo_label.clamp_min(0), confidence, valid, threshold)
     terms = {"unsup": ce}
     if with_dice:
         terms["unsup_dice"] = masked_pseudo_label_dice(student_logits, pseudo_label, (confidence >= threshold) & valid)

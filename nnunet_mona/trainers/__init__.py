@@ -1,6 +1,7 @@
 """nnU-Net trainer classes of nnunet_mona (re-exported by ext_trainers/ for nnU-Net's lookup)."""
 from nnunet_mona.trainers.budget import nnUNetTrainerBudget
-from nnunet_mona.trainers.mean_teacher import nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_MSE
+from nnunet_mona.trainers.mean_teacher import (nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_MSE,
+                                             nnUNetTrainerMeanTeacher_classBalanced)
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 from nnunet_mona.trainers.mona import nnUNetTrainerMONA
 from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix,
@@ -15,7 +16,8 @@ from nnunet_mona.trainers.action import (nnUNetTrainerACTION, nnUNetTrainerACTIO
                                         nnUNetTrainerACTION_noHardQueries)
 
 __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerMeanTeacher",
-           "nnUNetTrainerMeanTeacher_MSE", "nnUNetTrainerMONA", "nnUNetTrainerMONA_noContrast",
+           "nnUNetTrainerMeanTeacher_MSE", "nnUNetTrainerMeanTeacher_classBalanced", "nnUNetTrainerMONA",
+           "nnUNetTrainerMONA_noContrast",
            "nnUNetTrainerMONA_noNN", "nnUNetTrainerMONA_noEquivariance", "nnUNetTrainerMONA_stratified",
            "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",
            "nnUNetTrainerMONA_paperRecipe",
