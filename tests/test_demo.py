@@ -47,6 +47,8 @@ def test_demo_end_to_end(tmp_path, isolated_env):
     table = (work / "results.md").read_text()
     assert all(f"`{t}`" in table for t in DEFAULT_TRAINERS)
     assert result["dice"] == results["dice"]
+    # the record states the fold that ran (fold 'all'), not a 5-fold split that never ran
+    assert "fold 'all'" in results["protocol"]["labeled cases"] and "4/5" not in json.dumps(results["protocol"])
     # fold 'all' validates on training cases: the demo skips that validation (nnUNet_mona_skip_validation)
     for trainer in DEFAULT_TRAINERS:
         fold = work / "nnUNet_results" / "Dataset980_MonaDemo" / f"{trainer}__nnUNetPlans__2d" / "fold_all"

@@ -163,8 +163,9 @@ def run_demo(s: DemoSettings) -> dict:
         protocol = {
             "dataset": f"{s.dataset_folder_name} (nnunet_mona.demo.synthetic_dataset, seed {d.seed}, "
                        f"{d.num_slices} slices of {d.size[0]}x{d.size[1]})",
-            "labeled cases": f"{len(roles['labeled'])} ({d.num_labeled} patients); nnU-Net fold 0 trains on 4/5 "
-                             f"of them and validates on the rest",
+            "labeled cases": f"{len(roles['labeled'])} ({d.num_labeled} patients); every one trains (nnU-Net fold "
+                             f"'{pipeline.FOLD}'); nnU-Net's own validation of fold 'all' (the training cases) is "
+                             f"skipped, the test cases are the held-out evaluation",
             "unlabeled cases": f"{len(roles['unlabeled'])} ({d.num_unlabeled} patients, imagesUnlabeled; used by "
                                f"semi-supervised trainers only)",
             "test cases": f"{len(roles['test'])} ({d.num_test} held-out patients, labelsTs)",
