@@ -37,6 +37,9 @@ def test_demo_end_to_end(tmp_path, isolated_env):
     with open(work / "results.json") as f:
         results = json.load(f)
     classes = list(pipeline.class_names().values())
+    # the presets have no lesion patients: the dataset (and the table) has no lesion class
+    assert classes[-1] == "lesion"
+    classes = classes[:-1]
     assert results["classes"] == classes
     assert list(results["dice"]) == DEFAULT_TRAINERS
     for trainer, row in results["dice"].items():
@@ -82,6 +85,10 @@ def test_settings_validation():
         settings_from_args(build_parser().parse_args(["--num_unlabeled", "0", "--device", "cpu"]))
     s = settings_from_args(build_parser().parse_args(["--quick", "--epochs", "3", "--device", "cpu"]))
     assert s.training.epochs == 3 and s.work_dir.endswith("nnunet_mona_demo_quick") and not s.tta
+    assert s.dataset.scanner_shift == 1.0 and s.dataset.lesion_probability == 0.0
+    for bad in (["--scanner_shift", "1.5"], ["--scanner_shift", "-0.1"], ["--lesion_probability", "2"]):
+        with pytest.raises(DemoError, match=bad[0]):
+            settings_from_args(build_parser().parse_args(bad + ["--device", "cpu"]))
 
 
 def test_training_progress_lines():

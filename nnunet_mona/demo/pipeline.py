@@ -32,6 +32,7 @@ class DatasetSettings:
     num_slices: int
     seed: int
     scanner_shift: float = 0.0
+    lesion_probability: float = 0.35
 
 
 @dataclass
@@ -145,7 +146,8 @@ def generate_dataset(s: DemoSettings) -> Dict[str, List[str]]:
     roles = write_synthetic_dataset(s.path("nnUNet_raw"), dataset_id=DATASET_ID, dataset_name=DATASET_NAME,
                                     n_labeled_patients=d.num_labeled, n_unlabeled_patients=d.num_unlabeled,
                                     n_test_patients=d.num_test, n_slices=d.num_slices, size=tuple(d.size),
-                                    scanner_shift=d.scanner_shift, seed=d.seed)
+                                    scanner_shift=d.scanner_shift, lesion_probability=d.lesion_probability,
+                                    seed=d.seed)
     with open(roles_file, "w", encoding="utf-8") as f:  # written last: the dataset is complete
         json.dump(roles, f, indent=1)
     log(f"{len(roles['labeled'])} labeled, {len(roles['unlabeled'])} unlabeled, {len(roles['test'])} test cases "
@@ -222,9 +224,14 @@ def predict(s: DemoSettings, trainer: str, test_cases: List[str]) -> str:
     return out
 
 
-def class_names() -> Dict[int, str]:
-    """{label value: name} of the foreground classes."""
-    return {v: k for k, v in sorted(LABELS.items(), key=lambda kv: kv[1]) if v > 0}
+def class_names(s: "DemoSettings" = None) -> Dict[int, str]:
+    """{label value: name} of the foreground classes: those of the demo's dataset.json when ``s`` is given and
+    the dataset exists (a dataset without lesions has no lesion class), else every class the generator knows."""
+    labels = LABELS
+    if s is not None and os.path.isfile(os.path.join(s.raw_dataset, "dataset.json")):
+        with open(os.path.join(s.raw_dataset, "dataset.json"), encoding="utf-8") as f:
+            labels = json.load(f)["labels"]
+    return {v: k for k, v in sorted(labels.items(), key=lambda kv: kv[1]) if v > 0}
 
 
 # ---------------------------------------------------------------------------------------------- echo helpers

@@ -180,9 +180,11 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
                     _write(label, os.path.join(folder, lab_dir, f"{cid}.nii.gz"), spacing, True)
                 roles[role].append(cid)
     num_training = len(roles["labeled"]) + (len(roles["unlabeled"]) if unlabeled_as_training_cases else 0)
+    # without lesions the class is left out of the dataset (nnU-Net would otherwise learn an empty class)
+    labels = LABELS if lesion_probability > 0 else {k: v for k, v in LABELS.items() if k != "lesion"}
     dataset_json = {
         "channel_names": {"0": "MRI"},
-        "labels": LABELS,
+        "labels": labels,
         "numTraining": num_training,
         "file_ending": ".nii.gz",
         "name": dataset_name,

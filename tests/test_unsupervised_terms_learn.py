@@ -1,0 +1,90 @@
+"""Every unsupervised loss term of Mean Teacher and MONA decreases over a short training on fixed data (issue
+#12): a term that never moves is a bug (switched off, detached, or fighting another term).
+
+The real trainers (Dataset988 plans, CPU) run ``train_step`` on one fixed, seeded toy batch (the collapse
+toy of test_collapse: classes that differ by intensity and texture) with the unlabeled loader replaced by a
+fixed weak / strong pair of the same kind of images. Thresholds are opened, the ramp-up is off and the
+supervised loss has weight 0, so every unsupervised term is active from the first step and nothing but the
+unsupervised gradients moves it. Compared: the mean of the first and of the last ``WINDOW`` steps.
+"""
+import numpy as np
+import pytest
+import torch
+
+from nnunet_mona.trainers.ready_trainer import make_trainer
+from test_collapse import _toy_batches
+
+STEPS = 30
+WINDOW = 6
+REQUIRED_DROP = 0.2  # relative drop of the last window's mean vs the first's
+TERMS = {"nnUNetTrainerMeanTeacher": ("unsup", "unsup_dice"),
+         "nnUNetTrainerMONA": ("unsup", "unsup_dice", "eqv")}
+# MONA's representation terms, measured with this test (head standardised, 30 steps): contrast 6.202 -> 6.187
+# (-0.25 %, weight 0.01 near its chance value ln 513 = 6.24), nn 1.58 -> 1.73 (rises)
+MONA_REPRESENTATION_TERMS = ("contrast", "nn")
+
+
+def _train_on_fixed_data(pre, name):
+    torch.manual_seed(0)
+    np.random.seed(0)
+    trainer = make_trainer(name, pre)
+    # a random teacher is never confident: open the thresholds so every term is non-trivial from step 1
+    for attr in ("confidence_threshold", "unsup_threshold", "contrast_positive_threshold",
+                 "eqv_confidence_threshold"):
+        if hasattr(trainer, attr):
+            setattr(trainer, attr, 0.0)
+    trainer.unsupervised_rampup_fraction = 0
+    # the supervised loss off: it alone makes student and teacher agree on this toy (measured: with the
+    # unsupervised loss detached, Mean Teacher's unsup still fell 0.91 -> 0.09), so only a term's own gradient
+    # (and the other unsupervised terms') can make it fall
+    trainer.supervised_weight = 0.0
+    labeled, unlabeled, _ = _toy_batches(trainer)
+    trainer.next_unlabeled_batch = lambda: {k: v.clone() for k, v in unlabeled.items()}
+    trainer.network.train()
+    steps = [trainer.train_step({"data": labeled["data"].clone(), "target": [t.clone() for t in labeled["target"]]})
+             for _ in range(STEPS)]
+    return [{k: float(v) for k, v in s.items()} for s in steps]
+
+
+class _Runs(dict):
+    """Lazily trained and cached per trainer name (a -k selection trains only what it needs)."""
+
+    def __init__(self, pre):
+        super().__init__()
+        self.pre = pre
+
+    def __missing__(self, name):
+        self[name] = _train_on_fixed_data(self.pre, name)
+        return self[name]
+
+
+@pytest.fixture(scope="module")
+def fixed_data_runs(hidden_label_dataset):
+    return _Runs(hidden_label_dataset["pre"])
+
+
+def first_and_last(steps, terms):
+    """{term: (mean of the first WINDOW steps, mean of the last WINDOW steps)}"""
+    return {t: (float(np.mean([s[t] for s in steps[:WINDOW]])), float(np.mean([s[t] for s in steps[-WINDOW:]])))
+            for t in terms}
+
+
+@pytest.mark.parametrize("name", sorted(TERMS))
+def test_each_unsupervised_term_decreases(fixed_data_runs, name):
+    steps = fixed_data_runs[name]
+    report = first_and_last(steps, TERMS[name])
+    print(f"\n{name}: term (first {WINDOW} steps, last {WINDOW}): {report}")
+    assert all(s["skipped_steps"] == 0 and np.isfinite(s["loss"]) for s in steps)
+    for term, (first, last) in report.items():
+        assert first > 0, (term, report)
+        assert last <= first * (1 - REQUIRED_DROP), (term, report)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known gap (issue #11): MONA's representation terms do not learn on fixed data in 30 steps: contrast "
+    "6.202 -> 6.187 (-0.25 %), nn 1.58 -> 1.73 (rises). strict: passes once both fall by 1 %"))
+def test_mona_representation_terms_decrease(fixed_data_runs):
+    report = first_and_last(fixed_data_runs["nnUNetTrainerMONA"], MONA_REPRESENTATION_TERMS)
+    print(f"\nMONA representation terms (first, last): {report}")
+    for term, (first, last) in report.items():
+        assert last <= first * 0.99, (term, report)
