@@ -52,7 +52,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         confident_fraction = ((confidence >= self.confidence_threshold) & valid).sum() / valid.sum().clamp_min(1)
         terms = {"confident_fraction": confident_fraction.detach().float()}
         if self.consistency == "masked_ce":
-            terms.update(confident_pseudo_label_losses(logits.detach(), labels, confidence, valid, self.confidence_threshold,
+            terms.update(confident_pseudo_label_losses(logits, labels, confidence, valid, self.confidence_threshold,
                                                        with_dice=self.use_pseudo_label_dice,
                                                        class_balanced=self.class_balanced_pseudo_labels))
         elif self.consistency == "mse":
