@@ -64,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"held-out test patients (imagesTs/labelsTs). Default: {d['num_test']}")
     parser.add_argument("--scanner_shift", type=float, default=None,
                         help=f"how far the unlabeled and test patients' scanners may differ from the labeled "
-                             f"patients' one (0 = all patients from the same scanner, 1 = up to a wall darker than "
-                             f"the surrounding tissue, noisier images and a stronger bias field). Default: "
+                             f"patients' one (0 = all patients from the same scanner, 1 = up to a wall with little "
+                             f"contrast to the surrounding tissue, noisier images and a stronger bias field). Default: "
                              f"{d['scanner_shift']}")
     parser.add_argument("--lesion_probability", type=float, default=None,
                         help=f"share of patients with a small rare 'lesion' class (0 = no lesion class; the first "

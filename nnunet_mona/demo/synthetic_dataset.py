@@ -108,8 +108,8 @@ def sample_anatomy(rng: np.random.Generator, size: Sequence[int], lesion_probabi
 
 def seen_by_scanner(anatomy: Dict, shift: float) -> Dict:
     """The same anatomy imaged by a scanner ``shift`` (0 = the labeled patients' scanner, 1 = the farthest one)
-    away: the wall darkens from brighter than the surrounding tissue to darker than it (its contrast to the
-    background passes through zero on the way), the cavity darkens, noise and bias field grow. nnU-Net's
+    away: the wall darkens towards the surrounding tissue's brightness (at shift 1 its contrast to the tissue
+    is 0.15 lower, often near zero), the cavity darkens, noise and bias field grow. nnU-Net's
     augmentation (brightness, contrast, gamma, noise) does not turn one of these appearances into another.
     """
     seen = dict(anatomy)
