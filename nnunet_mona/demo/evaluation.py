@@ -80,17 +80,6 @@ def dice_row(summary: dict, class_names: Dict[int, str]) -> Dict[str, Optional[f
     return row
 
 
-def per_case_mean_dice(summary: dict, class_names: Dict[int, str]) -> Dict[str, Optional[float]]:
-    """{case id: mean Dice over the foreground classes defined for that case} (for figure titles)."""
-    result = {}
-    for entry in summary["metric_per_case"]:
-        case = os.path.basename(entry["prediction_file"]).split(".")[0]
-        values = [_clean(entry["metrics"].get(str(label), {}).get("Dice")) for label in class_names]
-        values = [v for v in values if v is not None]
-        result[case] = round(sum(values) / len(values), 4) if values else None
-    return result
-
-
 def markdown_table(rows: Dict[str, Dict[str, Optional[float]]], class_names: List[str]) -> str:
     """Rows: trainers; columns: every foreground class, then the mean (Dice in %, one decimal)."""
     header = ["trainer"] + list(class_names) + ["mean"]

@@ -13,8 +13,7 @@ from typing import List, Optional
 
 from nnunet_mona.demo import pipeline
 from nnunet_mona.demo.console import DemoError, format_seconds, log, step
-from nnunet_mona.demo.evaluation import (dice_row, display_name, evaluate_folder, markdown_table,
-                                         per_case_mean_dice, write_results)
+from nnunet_mona.demo.evaluation import dice_row, display_name, evaluate_folder, markdown_table, write_results
 from nnunet_mona.demo.figure import make_comparison_figure
 from nnunet_mona.demo.pipeline import DatasetSettings, DemoSettings, TrainingSettings
 
@@ -162,13 +161,12 @@ def run_demo(s: DemoSettings) -> dict:
 
     classes = pipeline.class_names(s)
     with step("Step 6/7: evaluation (nnU-Net's compute_metrics, per test case)", timings, "evaluation", cpu):
-        rows, case_dice = {}, {}
+        rows = {}
         for trainer, folder in prediction_folders.items():
             summary = evaluate_folder(folder, os.path.join(s.raw_dataset, "labelsTs"),
                                       os.path.join(s.raw_dataset, "dataset.json"),
                                       os.path.join(s.preprocessed_dataset, "nnUNetPlans.json"))
             rows[trainer] = dice_row(summary, classes)
-            case_dice[trainer] = per_case_mean_dice(summary, classes)
         protocol = {
             "dataset": f"{s.dataset_folder_name} (nnunet_mona.demo.synthetic_dataset, seed {d.seed}, "
                        f"{d.num_slices} slices of {d.size[0]}x{d.size[1]})",
@@ -190,7 +188,7 @@ def run_demo(s: DemoSettings) -> dict:
     with step("Step 7/7: figure", timings, "figure", cpu):
         files["figure"] = make_comparison_figure(
             s.path("comparison.png"), os.path.join(s.raw_dataset, "imagesTs"), os.path.join(s.raw_dataset, "labelsTs"),
-            prediction_folders, case_dice, classes, ".nii.gz", rare_label=max(classes))
+            prediction_folders, rows, classes, ".nii.gz")
     total = time.time() - start
     timings["total"] = round(total, 1)
     cpu["total"] = round(sum(cpu.values()), 1)
