@@ -37,6 +37,7 @@ from nnunet_mona.modules.distributed import all_gather_concat, average_gradients
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
 from nnunet_mona.trainers.term_monitor import degenerate_term_warnings
+from nnunet_mona.trainers.trainer_settings import apply_trainer_settings_from_environment
 
 
 def sigmoid_rampup(progress: float) -> float:
@@ -85,6 +86,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget_from_environment(self)
         apply_loss_weights_from_environment(self)
+        apply_trainer_settings_from_environment(self)
         self.teacher: Optional[EMATeacher] = None
         self.auxiliary_modules: Optional[nn.ModuleDict] = None
         self.dataloader_unlabeled = None
