@@ -33,6 +33,7 @@ from torch import distributed as dist
 from nnunet_mona.data.paths import unlabeled_preprocessed_folder
 from nnunet_mona.trainers.budget import (TrainedThisRun, apply_budget_from_environment,
                                          apply_loss_weights_from_environment, seed_from_environment)
+from nnunet_mona.modules.distribution_alignment import ClassDistributionAlignment
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
@@ -76,6 +77,9 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     diagnostic_names: tuple = ()
     # share of nnUNet_n_proc_DA given to the unlabeled augmentation workers
     unlabeled_worker_share: float = 0.5
+    # rescale the teacher's class probabilities so that their running share on the unlabeled pixels matches
+    # the labeled targets' class share (modules.distribution_alignment): counters a teacher that under-segments
+    align_class_distribution: bool = False
     # write checkpoint_final_teacher.pth (teacher weights as 'network_weights', usable with -chk)
     export_teacher_checkpoint: bool = True
     # stop after this many consecutive non-finite losses (each one is skipped and counted)
@@ -88,6 +92,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         apply_loss_weights_from_environment(self)
         apply_trainer_settings_from_environment(self)
         self.teacher: Optional[EMATeacher] = None
+        self.distribution_alignment: Optional[ClassDistributionAlignment] = None
         self.auxiliary_modules: Optional[nn.ModuleDict] = None
         self.dataloader_unlabeled = None
         self.unlabeled_batch_size = None
@@ -113,6 +118,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         # built after super().initialize(): under DDP the student was broadcast from rank 0 already,
         # so every rank starts from the same teacher
         self.teacher = EMATeacher(teacher_net, self.network, decay=self.ema_decay, warmup=self.ema_warmup)
+        self.distribution_alignment = ClassDistributionAlignment(self.label_manager.num_segmentation_heads) \
+            if self.align_class_distribution else None
         if self.is_ddp and self.auxiliary_modules is not None:
             # heads are not wrapped by DDP: start them equal on every rank (gradients are averaged per step)
             broadcast_module_(self.auxiliary_modules)
@@ -271,6 +278,15 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         confidence, pseudo_label = probs.max(dim=1)
         return {"logits": logits.float(), "probs": probs, "confidence": confidence, "pseudo_label": pseudo_label}
 
+    def _aligned_teacher_output(self, teacher_out: Dict[str, torch.Tensor], target, valid: torch.Tensor
+                                ) -> Dict[str, torch.Tensor]:
+        """``teacher_out`` with distribution-aligned 'probs' (B, K, *P) and the 'confidence' / 'pseudo_label'
+        (B, *P) that follow from them; ``target``: the labeled batch's target (deep supervision: full res first)."""
+        self.distribution_alignment.observe_labeled(target[0] if isinstance(target, (list, tuple)) else target)
+        probs = self.distribution_alignment.align(teacher_out["probs"], valid)
+        confidence, pseudo_label = probs.max(dim=1)
+        return {**teacher_out, "probs": probs, "confidence": confidence, "pseudo_label": pseudo_label}
+
     def make_student_unlabeled_input(self, unlabeled: Dict[str, torch.Tensor],
                                      teacher_out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The student's unlabeled input and its per-pixel targets. Default: the strong view with
@@ -311,6 +327,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
 
         self.optimizer.zero_grad(set_to_none=True)
         teacher_out = self.teacher_predict(unlabeled["data_weak"])
+        if self.distribution_alignment is not None:
+            teacher_out = self._aligned_teacher_output(teacher_out, target, unlabeled["valid_mask"][:, 0])
         student_input = self.make_student_unlabeled_input(unlabeled, teacher_out)
         with self.autocast_context():
             # one student forward on [labeled ; unlabeled] (InstanceNorm: identical to two passes)
@@ -389,6 +407,10 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         terms = {n: self.logger.get_value(term_key(n), step=-1) for n in self.all_term_names}
         self.print_to_log_file("loss terms", {k: round(float(v), 4) for k, v in terms.items()},
                                f"(unsupervised ramp {self.unsupervised_weight_factor():.3f})")
+        alignment = self.distribution_alignment
+        if alignment is not None and alignment.teacher_share is not None and alignment.labeled_share is not None:
+            self.print_to_log_file("class share labeled", [round(float(v), 4) for v in alignment.labeled_share],
+                                   "teacher (unaligned)", [round(float(v), 4) for v in alignment.teacher_share])
         for message in degenerate_term_warnings({k: float(v) for k, v in terms.items()}, self.chance_values(),
                                                 self.collapse_zero_terms):
             self.print_to_log_file(message)
@@ -408,6 +430,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
                  "rng_state": self.random_state()}
         if self.auxiliary_modules is not None:
             state["auxiliary_modules"] = self.auxiliary_modules.state_dict()
+        if self.distribution_alignment is not None:
+            state["distribution_alignment"] = self.distribution_alignment.state_dict()
         return state
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
@@ -417,6 +441,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         self._pending_rng_state = state.get("rng_state")
         if self.auxiliary_modules is not None and "auxiliary_modules" in state:
             self.auxiliary_modules.load_state_dict(state["auxiliary_modules"])
+        if self.distribution_alignment is not None and "distribution_alignment" in state:
+            self.distribution_alignment.load_state_dict(state["distribution_alignment"])
 
     def _base_checkpoint(self, network_weights: dict) -> dict:
         return {

@@ -1,0 +1,111 @@
+"""Class-distribution alignment of the teacher (modules.distribution_alignment): values, what it counts, resume."""
+import torch
+
+from nnunet_mona.modules.distribution_alignment import ClassDistributionAlignment
+
+
+def _probs(foreground: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) foreground probabilities -> (B, 2, H, W) softmax-like probabilities."""
+    return torch.stack((1 - foreground, foreground), dim=1)
+
+
+def test_matching_shares_leave_the_probabilities_unchanged():
+    alignment = ClassDistributionAlignment(2, momentum=0.0)
+    probs = _probs(torch.rand(2, 8, 8))
+    share = probs.mean(dim=(0, 2, 3))
+    # labels whose class share is exactly the teacher's: 1 - share[0] of the pixels are foreground
+    target = torch.zeros(1, 1, 100, 100, dtype=torch.long)
+    target.view(-1)[:int(round(float(share[1]) * 10000))] = 1
+    alignment.observe_labeled(target)
+    aligned = alignment.align(probs, torch.ones(2, 8, 8, dtype=torch.bool))
+    assert torch.allclose(aligned, probs, atol=2e-3)
+
+
+def test_an_under_segmenting_teacher_is_pushed_towards_the_labeled_share():
+    alignment = ClassDistributionAlignment(2, momentum=0.0)
+    target = torch.zeros(1, 1, 10, 10, dtype=torch.long)
+    target[..., :3, :] = 1  # labeled images: 30 % foreground
+    alignment.observe_labeled(target)
+    foreground = torch.full((1, 10, 10), 0.05)
+    foreground[:, :2, :] = 0.9  # teacher: 20 % confident foreground, a strip it is unsure of (p 0.48)
+    foreground[:, 2, :] = 0.48
+    probs = _probs(foreground)
+    aligned = alignment.align(probs, torch.ones(1, 10, 10, dtype=torch.bool))
+    assert torch.allclose(aligned.sum(dim=1), torch.ones(1, 10, 10))
+    teacher_share = float(probs[:, 1].mean())  # 0.263
+    ratio = (0.3 / teacher_share) / (0.7 / (1 - teacher_share))
+    expected = 0.48 * ratio / (0.48 * ratio + 0.52)  # the uncertain strip, by hand
+    assert abs(float(aligned[0, 1, 2, 0]) - expected) < 1e-5
+    assert aligned[0, 1, 2, 0] > 0.5 > probs[0, 1, 2, 0]  # the strip's pseudo-label flips to foreground
+    assert aligned[:, 1].mean() > probs[:, 1].mean()
+
+
+def test_ignore_labels_and_padding_are_not_counted():
+    alignment = ClassDistributionAlignment(2, momentum=0.0)
+    target = torch.tensor([[[[1, 0, -1, 2]]]])  # -1 / 2: outside [0, K) (ignore label), not counted
+    alignment.observe_labeled(target)
+    assert torch.allclose(alignment.labeled_share, torch.tensor([0.5, 0.5]))
+    probs = _probs(torch.tensor([[[0.2, 0.2, 1.0, 1.0]]]))
+    valid = torch.tensor([[[True, True, False, False]]])  # padding: the teacher's 1.0 there must not count
+    alignment.align(probs, valid)
+    assert torch.allclose(alignment.teacher_share, torch.tensor([0.8, 0.2]))
+
+
+def test_running_shares_and_resume_from_state_dict():
+    torch.manual_seed(0)
+    batches = [(torch.randint(0, 3, (2, 1, 6, 6)), torch.softmax(torch.randn(2, 3, 6, 6), 1)) for _ in range(4)]
+    valid = torch.ones(2, 6, 6, dtype=torch.bool)
+    uninterrupted, first = ClassDistributionAlignment(3), ClassDistributionAlignment(3)
+    outputs = []
+    for target, probs in batches:
+        uninterrupted.observe_labeled(target)
+        outputs.append(uninterrupted.align(probs, valid))
+    for target, probs in batches[:2]:
+        first.observe_labeled(target)
+        first.align(probs, valid)
+    resumed = ClassDistributionAlignment(3)
+    resumed.load_state_dict({k: v.clone() for k, v in first.state_dict().items()})
+    for (target, probs), expected in zip(batches[2:], outputs[2:]):
+        resumed.observe_labeled(target)
+        assert torch.equal(resumed.align(probs, valid), expected)
+    # momentum 0.99: the running share moves 1 % of the way to a new batch's share
+    before = uninterrupted.labeled_share.clone()
+    uninterrupted.observe_labeled(torch.zeros(1, 1, 4, 4, dtype=torch.long))
+    assert torch.allclose(uninterrupted.labeled_share, 0.99 * before + 0.01 * torch.tensor([1.0, 0, 0]))
+
+
+# ---------------------------------------------------------------- inside a real trainer (dataset: conftest)
+def _aligned_mean_teacher(dataset):
+    import nnunet_mona.trainers as trainers
+    from nnunet_mona.trainers.ready_trainer import make_trainer, start_loaders
+    cls = type("nnUNetTrainerMeanTeacher_alignTest", (trainers.nnUNetTrainerMeanTeacher,),
+               {"align_class_distribution": True})
+    trainer = make_trainer(cls, dataset["pre"], fold=2, seed=0)
+    start_loaders(trainer)
+    return trainer
+
+
+def test_trainer_trains_on_aligned_pseudo_labels_and_checkpoints_the_shares(hidden_label_dataset, monkeypatch):
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    trainer = _aligned_mean_teacher(hidden_label_dataset)
+    seen = []
+    make_input = trainer.make_student_unlabeled_input
+    monkeypatch.setattr(trainer, "make_student_unlabeled_input",
+                        lambda unlabeled, teacher_out: seen.append((unlabeled, teacher_out)) or
+                        make_input(unlabeled, teacher_out))
+    for _ in range(2):
+        trainer.train_step(next(trainer.dataloader_train))
+    alignment = trainer.distribution_alignment
+    assert alignment.labeled_share is not None and alignment.teacher_share is not None
+    assert abs(float(alignment.labeled_share.sum()) - 1) < 1e-5 and alignment.labeled_share[1:].sum() > 0
+    # the student's targets are the aligned teacher probabilities, not the raw ones
+    unlabeled, teacher_out = seen[-1]
+    raw = trainer.teacher_predict(unlabeled["data_weak"])["probs"]
+    assert not torch.allclose(teacher_out["probs"], raw)
+    assert torch.equal(teacher_out["pseudo_label"], teacher_out["probs"].argmax(1))
+    # a resume restores the running shares exactly
+    state = trainer.extra_checkpoint_state()["distribution_alignment"]
+    other = _aligned_mean_teacher(hidden_label_dataset)
+    other.load_extra_checkpoint_state({**trainer.extra_checkpoint_state(), "rng_state": None})
+    assert torch.equal(other.distribution_alignment.teacher_share, state["teacher_share"])
+    assert torch.equal(other.distribution_alignment.labeled_share, state["labeled_share"])
