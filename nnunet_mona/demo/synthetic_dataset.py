@@ -106,18 +106,24 @@ def sample_anatomy(rng: np.random.Generator, size: Sequence[int], lesion_probabi
     }
 
 
+# change per unit of scanner shift (image intensities: background tissue ~0.35, wall 0.5-0.6, cavity 0.8-0.95;
+# noise: its standard deviation; bias: the strength of the smooth multiplicative field). Experiments patch it.
+SCANNER_EFFECT = {"wall": -0.15, "cavity": -0.10, "noise": 0.03, "bias": 0.25}
+
+
 def seen_by_scanner(anatomy: Dict, shift: float) -> Dict:
     """The same anatomy imaged by a scanner ``shift`` (0 = the labeled patients' scanner, 1 = the farthest one)
     away: the wall darkens towards the surrounding tissue's brightness (at shift 1 its contrast to the tissue
     is 0.15 lower, often near zero), the cavity darkens, noise and bias field grow. nnU-Net's
     augmentation (brightness, contrast, gamma, noise) does not turn one of these appearances into another.
     """
+    e = SCANNER_EFFECT
     seen = dict(anatomy)
     seen["intensity"] = dict(anatomy["intensity"])
-    seen["intensity"]["wall"] = anatomy["intensity"]["wall"] - 0.15 * shift
-    seen["intensity"]["cavity"] = anatomy["intensity"]["cavity"] - 0.10 * shift
-    seen["noise"] = anatomy["noise"] + 0.03 * shift
-    seen["bias"] = 0.25 + 0.25 * shift
+    seen["intensity"]["wall"] = anatomy["intensity"]["wall"] + e["wall"] * shift
+    seen["intensity"]["cavity"] = anatomy["intensity"]["cavity"] + e["cavity"] * shift
+    seen["noise"] = anatomy["noise"] + e["noise"] * shift
+    seen["bias"] = 0.25 + e["bias"] * shift
     seen["scanner_shift"] = float(shift)
     return seen
 
