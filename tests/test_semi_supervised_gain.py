@@ -52,8 +52,8 @@ def train_predict_score(trainer: str, results: str, predictions: str, extra_env:
                         budget: Dict[str, str] = None) -> Dict[str, float]:
     """Trains ``trainer`` (fold 'all' = every labeled case) into ``results``, predicts imagesTs into
     ``predictions`` and returns nnU-Net's Dice per class and 'mean' (0-1) on the test patients."""
-    env = dict(os.environ, nnUNet_results=results, nnUNet_n_proc_DA="0", nnUNet_mona_seed="0",
-               nnUNet_mona_skip_validation="1", **(budget or BUDGET), **(extra_env or {}))
+    env = {**os.environ, "nnUNet_results": results, "nnUNet_n_proc_DA": "0", "nnUNet_mona_seed": "0",
+           "nnUNet_mona_skip_validation": "1", **(budget or BUDGET), **(extra_env or {})}
     run_cmd([_bin("nnUNetv2_train"), str(GAIN_ID), "2d", "all", "-tr", trainer, "-device", "cpu"], env=env)
     raw = os.path.join(os.environ["nnUNet_raw"], f"Dataset{GAIN_ID}_{NAME}")
     run_cmd([_bin("nnUNetv2_predict"), "-i", os.path.join(raw, "imagesTs"), "-o", predictions, "-d", str(GAIN_ID),
