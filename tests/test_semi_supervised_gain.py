@@ -19,11 +19,16 @@ from nnunet_mona.demo.evaluation import dice_row, evaluate_folder
 from nnunet_mona.demo.pipeline import class_names
 from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
 
-# Not in the default run yet (issue #12 stays open): the margin is not robust. Measured with this file's harness
-# (/work/exp/gain/tune.py, seed 0, 10 x 25 iterations, CPU): scanner_shift 1.0: plain 84.5, Mean Teacher 88.2
-# (wall 78.4 -> 84.4); scanner_shift 1.5: plain 80.8, Mean Teacher 80.5. Run it with NNUNET_MONA_SLOW_TESTS=1.
+# Not in the default run yet (issue #12 stays open): Mean Teacher's gain here is within its own run-to-run spread.
+# Measured with this file's harness (/work/exp/gain/tune.py, 10 x 25 iterations, CPU, session 5), mean Dice of
+# cavity and wall in %: default scenario (SCANNER_EFFECT as in the demo) dataset seed 0: plain 84.5 vs Mean Teacher
+# 88.2; with 1 labeled patient, dataset seeds 0 / 1 / 2: plain 83.3 / 64.8 / 85.2 vs 90.1 / 64.2 / 85.9. A milder
+# shift that keeps the wall visible (wall -0.08, cavity -0.10, noise +0.10 per unit), 2 labeled patients,
+# dataset seeds 0 / 1 / 2: plain 83.6 / 85.2 / 81.4 vs 87.9 / 81.2 / 81.2; on dataset seed 1 with training seeds
+# 0 / 1 / 2: plain 85.2 / 84.6 / 84.9, Mean Teacher 81.2 / 86.8 / 84.0 (a 5.6-point spread). Run it with
+# NNUNET_MONA_SLOW_TESTS=1.
 pytestmark = pytest.mark.skipif(os.environ.get("NNUNET_MONA_SLOW_TESTS") != "1",
-                                reason="semi-supervised gain test: margin not yet robust (issue #12); "
+                                reason="semi-supervised gain test: Mean Teacher's gain is within its run-to-run spread (issue #12); "
                                        "NNUNET_MONA_SLOW_TESTS=1 runs it")
 
 GAIN_ID = 984
