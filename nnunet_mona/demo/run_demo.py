@@ -21,8 +21,8 @@ DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
 SEMI_SUPERVISED = ("MeanTeacher", "MONA", "ACTION", "MixCL", "SemiSupervised")
 # The default scenario (issue #12): labeled patients from one scanner, unlabeled and test patients from scanners
 # up to scanner_shift away (synthetic_dataset.seen_by_scanner), no rare lesion class (Mean Teacher loses on it:
-# README). 20 x 50 iterations: at 10 x 15 neither trainer had learnt enough for the scanner gap to show. Its wall
-# time on an idle 2-core CPU is not measured yet (36 min on a machine shared with test runs; README).
+# README). 20 x 50 iterations: at 10 x 15 neither trainer had learnt enough for the scanner gap to show. On an
+# idle 2-core CPU it took 10 min 14 s (seed 1; README's 3-seed table).
 PRESETS = {
     "default": {"num_labeled": 3, "num_unlabeled": 30, "num_test": 8, "size": [64, 64], "num_slices": 3,
                 "epochs": 20, "iterations": 50, "val_iterations": 2, "scanner_shift": 1.0,
