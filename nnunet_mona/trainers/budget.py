@@ -19,6 +19,7 @@ unsupervised path switched off (the ablation without a new trainer class).
 import json
 import os
 import random
+from typing import Optional
 
 import numpy as np
 
@@ -73,21 +74,29 @@ def apply_budget_from_environment(trainer: nnUNetTrainer) -> None:
         trainer.print_to_log_file(f"random seed = {seed} (from {SEED_VARIABLE})")
 
 
+def json_object_from_environment(variable: str, example: str) -> Optional[dict]:
+    """The JSON object in environment variable ``variable`` (None when unset or blank); anything that is not a
+    JSON object is an error naming the variable and showing ``example``."""
+    raw = os.environ.get(variable, "").strip()
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{variable} must be a JSON object such as '{example}', got {raw!r} ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{variable} must be a JSON object such as '{example}', got {raw!r}")
+    return value
+
+
 def apply_loss_weights_from_environment(trainer) -> None:
     """Overrides ``trainer.loss_weights`` (an instance copy; the class keeps its defaults) with the JSON object
     in ``nnUNet_mona_loss_weights``. Unknown terms and negative or non-numeric weights are errors that name
     the valid terms, raised before any training."""
-    raw = os.environ.get(LOSS_WEIGHTS_VARIABLE, "").strip()
-    if not raw:
+    override = json_object_from_environment(LOSS_WEIGHTS_VARIABLE, '{"unsup": 0}')
+    if override is None:
         return
-    try:
-        override = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{LOSS_WEIGHTS_VARIABLE} must be a JSON object such as '{{\"unsup\": 0}}', got {raw!r} "
-                         f"({e})") from None
     valid = dict(trainer.loss_weights)
-    if not isinstance(override, dict):
-        raise ValueError(f"{LOSS_WEIGHTS_VARIABLE} must be a JSON object of term: weight, got {raw!r}")
     unknown = sorted(set(override) - set(valid))
     if unknown:
         raise ValueError(f"{LOSS_WEIGHTS_VARIABLE}: {unknown} are not loss terms of {type(trainer).__name__}; its "

@@ -8,9 +8,9 @@ have its type (an int is accepted for a float). The override is set on the insta
 defaults, and is written to the training log. Anything else is an error raised before any training that
 names the settable attributes. Ablations of issue #11 use it (one change at a time, each a command).
 """
-import json
-import os
 from typing import Dict
+
+from nnunet_mona.trainers.budget import json_object_from_environment
 
 TRAINER_SETTINGS_VARIABLE = "nnUNet_mona_trainer_settings"
 
@@ -44,16 +44,9 @@ def _converted(name: str, value, default):
 
 def apply_trainer_settings_from_environment(trainer) -> Dict[str, object]:
     """Sets the attributes named in ``nnUNet_mona_trainer_settings`` on ``trainer``; returns what was set."""
-    raw = os.environ.get(TRAINER_SETTINGS_VARIABLE, "").strip()
-    if not raw:
+    override = json_object_from_environment(TRAINER_SETTINGS_VARIABLE, '{"confidence_threshold": 0.7}')
+    if override is None:
         return {}
-    try:
-        override = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{TRAINER_SETTINGS_VARIABLE} must be a JSON object such as "
-                         f"'{{\"confidence_threshold\": 0.7}}', got {raw!r} ({e})") from None
-    if not isinstance(override, dict):
-        raise ValueError(f"{TRAINER_SETTINGS_VARIABLE} must be a JSON object of name: value, got {raw!r}")
     settable = settable_attributes(type(trainer))
     unknown = sorted(set(override) - set(settable))
     if unknown:
