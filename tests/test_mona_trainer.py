@@ -113,8 +113,12 @@ def test_each_term_trains_student_and_head_only(unit_trainer):
         assert student_grad == (name != "nn"), name
         head_grad = any(p.grad is not None and p.grad.abs().sum() > 0 for p in head)
         assert head_grad == (name in ("contrast", "nn")), name  # unsup/eqv do not use the head
-        if name == "nn":
-            assert all(p.grad is None or p.grad.abs().sum() == 0 for p in tr.auxiliary_modules["head"].parameters())
+        if name == "nn":  # only its own global predictor: the contrast's head and pixel predictor are untouched
+            for shared in ("head", "predictor"):
+                assert all(p.grad is None or p.grad.abs().sum() == 0
+                           for p in tr.auxiliary_modules[shared].parameters()), shared
+            assert any(p.grad is not None and p.grad.abs().sum() > 0
+                       for p in tr.auxiliary_modules["nn_predictor"].parameters())
         assert all(p.grad is None for p in frozen), name
 
 

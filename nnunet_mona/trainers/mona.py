@@ -45,7 +45,8 @@ from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.modules.feature_hooks import (DecoderFeatureCollector, decoder_level_channels,
                                                decoder_level_strides)
 from nnunet_mona.modules.memory_bank import ClassMemoryBank, FeatureQueue
-from nnunet_mona.modules.projection_heads import MultiScaleRepresentationHead, PixelProjectionHead
+from nnunet_mona.modules.projection_heads import (MultiScaleRepresentationHead, PixelProjectionHead,
+                                                  ProjectionMLP)
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 from nnunet_mona.trainers.term_monitor import chance_value
 
@@ -113,8 +114,13 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     nn_k: int = 5
     # the nn pull is trivially met by a constant representation; with its gradient reaching the decoder
     # (weight 1) the representation collapsed on ACDC (contrast stuck at ln(1 + negatives), nn at 0).
-    # False: the nn term trains the student predictor only (on detached head outputs)
+    # False: the nn term trains its own predictor only (on detached head outputs)
     nn_gradient_to_network: bool = False
+    # the nn term has its own global predictor (MONA: a separate instance-level branch). Sharing the
+    # pixel predictor with the contrast let the nn pull undo the contrast: toy of tests/test_collapse.py,
+    # 40 steps, contrast weight 0.1: 5.93 with the shared predictor, 5.01 without nn (chance 6.24);
+    # class-mean cosine 0.98 vs 0.91
+    nn_own_predictor: bool = True
     # ---- equivariance (spec A.3.3(6))
     use_equivariance: bool = True
     eqv_warp_kind: str = "tps"  # RandomWarp kind: 'tps' (MONA) | 'affine' | 'smooth'
@@ -193,9 +199,11 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         # unwrapped module and still fire through the wrappers
         self.student_features = DecoderFeatureCollector(self.network)
         modules = {"head": self._new_head()}
+        c = self.head_out_channels
         if self.use_predictor:
-            c = self.head_out_channels
             modules["predictor"] = PixelProjectionHead(c, c, c, nonlinear=self.head_nonlinear)
+        if self.use_nn and self.nn_own_predictor:
+            modules["nn_predictor"] = ProjectionMLP(c, c, c, nonlinear=self.head_nonlinear)
         return nn.ModuleDict(modules)
 
     # ------------------------------------------------------------------ one step
@@ -270,10 +278,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
                 terms["contrast"] = self._contrast_loss(embedding, teacher_embedding, logits_u, student_input,
                                                         labeled_target, n_l)
             if self.use_nn:
-                spatial = tuple(range(2, embedding.ndim))
-                nn_embedding = embedding if self.nn_gradient_to_network else self._predict(head_out.detach())
-                student_vec = nn_embedding[n_l:].float().mean(spatial)
-                teacher_vec = teacher_embedding[n_l:].mean(spatial)
+                student_vec = self._nn_embedding(head_out[n_l:], embedding[n_l:])
+                teacher_vec = teacher_embedding[n_l:].mean(tuple(range(2, teacher_embedding.ndim)))
                 terms["nn"] = nearest_neighbour_loss(student_vec, teacher_vec,
                                                      self.mona_state["nn_queue"].features, self.nn_k)
                 self._pending["nn_keys"] = teacher_vec.detach()
@@ -281,6 +287,16 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
             n_w = student_input["num_warped"]
             terms["eqv"] = self._equivariance_loss(logits_u[:n_w], logits[n_u:n_u + n_w], student_input)
         return terms
+
+    def _nn_embedding(self, head_out: torch.Tensor, embedding: torch.Tensor) -> torch.Tensor:
+        """(B_u, D) student image embeddings for the nn pull, from the head output (B_u, D, *S_r) and the
+        pixel embedding (B_u, D, *S_r) that the contrast uses."""
+        spatial = tuple(range(2, head_out.ndim))
+        source = head_out if self.nn_gradient_to_network else head_out.detach()
+        if self.nn_own_predictor:  # pool, then a global predictor the contrast never sees
+            return self.auxiliary_modules["nn_predictor"](source.float().mean(spatial))
+        shared = embedding if self.nn_gradient_to_network else self._predict(source)
+        return shared.float().mean(spatial)
 
     def _predict(self, head_out: torch.Tensor) -> torch.Tensor:
         return self.auxiliary_modules["predictor"](head_out) if self.use_predictor else head_out
