@@ -36,6 +36,7 @@ from nnunet_mona.trainers.budget import (TrainedThisRun, apply_budget_from_envir
 from nnunet_mona.modules.distribution_alignment import ClassDistributionAlignment
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
+from nnunet_mona.trainers.gradient_monitor import relative_gradient_norms
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
 from nnunet_mona.trainers.term_monitor import degenerate_term_warnings
 from nnunet_mona.trainers.trainer_settings import apply_trainer_settings_from_environment
@@ -80,6 +81,9 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     # rescale the teacher's class probabilities so that their running share on the unlabeled pixels matches
     # the labeled targets' class share (modules.distribution_alignment): counters a teacher that under-segments
     align_class_distribution: bool = False
+    # once per epoch (first step), log each weighted term's decoder-gradient norm relative to the supervised
+    # loss's (gradient_monitor). Off by default: a few extra backward passes per epoch
+    log_gradient_norms: bool = False
     # write checkpoint_final_teacher.pth (teacher weights as 'network_weights', usable with -chk)
     export_teacher_checkpoint: bool = True
     # stop after this many consecutive non-finite losses (each one is skipped and counted)
@@ -100,6 +104,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         self._consecutive_nonfinite = 0
         self._teacher_restored = False
         self._pending_rng_state = None  # restored once the loaders exist (see on_train_start)
+        self._gradient_norms: Optional[Dict[str, float]] = None  # of this epoch's first step
+        self._gradient_norms_epoch = -1
         # every loss term gets a key in nnU-Net's logger and a curve in progress.png
         self.all_term_names = ["sup"] + [n for n in self.loss_term_names if n != "sup"] + ["skipped_steps"]
         self.logger.local_logger = SemiSupervisedLocalLogger(self.all_term_names)
@@ -341,11 +347,15 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
             sup = self.loss(out_labeled, target)
             terms = self.compute_unlabeled_losses(out_unlabeled, student_input, unlabeled, out_labeled, target)
             ramp = self.unsupervised_weight_factor()
+            weighted = {name: ramp * self.loss_weights.get(name, 1.0) * value for name, value in terms.items()
+                        if name not in self.diagnostic_names}
             total = self.supervised_weight * sup
-            for name, value in terms.items():
-                if name in self.diagnostic_names:
-                    continue
-                total = total + ramp * self.loss_weights.get(name, 1.0) * value
+            for value in weighted.values():
+                total = total + value
+        if self.log_gradient_norms and self._gradient_norms_epoch != self.current_epoch:
+            self._gradient_norms_epoch = self.current_epoch
+            self._gradient_norms = relative_gradient_norms(weighted, self.supervised_weight * sup,
+                                                           self.monitored_parameters())
 
         if not torch.isfinite(total):
             return self._skip_nonfinite_step(sup, terms)
@@ -372,6 +382,12 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         for name, value in terms.items():
             result[name] = value.detach().float().cpu().numpy()
         return result
+
+    def monitored_parameters(self):
+        """Parameters whose gradients ``log_gradient_norms`` compares: the student's decoder (shared by every
+        term), or the whole student if the architecture has no ``decoder``."""
+        net = unwrap_network(self.network)
+        return list(getattr(net, "decoder", net).parameters())
 
     def _skip_nonfinite_step(self, sup: torch.Tensor, terms: Dict[str, torch.Tensor]) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
@@ -407,6 +423,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         terms = {n: self.logger.get_value(term_key(n), step=-1) for n in self.all_term_names}
         self.print_to_log_file("loss terms", {k: round(float(v), 4) for k, v in terms.items()},
                                f"(unsupervised ramp {self.unsupervised_weight_factor():.3f})")
+        self._print_gradient_norms()
         alignment = self.distribution_alignment
         if alignment is not None and alignment.teacher_share is not None and alignment.labeled_share is not None:
             self.print_to_log_file("class share labeled", [round(float(v), 4) for v in alignment.labeled_share],
@@ -415,6 +432,12 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
                                                 self.collapse_zero_terms):
             self.print_to_log_file(message)
         super().on_epoch_end()
+
+    def _print_gradient_norms(self):
+        if self._gradient_norms is not None:
+            self.print_to_log_file("decoder gradient norm relative to the supervised loss (first step)",
+                                   {k: round(v, 4) for k, v in self._gradient_norms.items()})
+            self._gradient_norms = None
 
     # names of terms whose value 0 means a collapsed representation (e.g. MONA's 'nn')
     collapse_zero_terms: tuple = ()
