@@ -76,11 +76,8 @@ def test_running_shares_and_resume_from_state_dict():
 
 # ---------------------------------------------------------------- inside a real trainer (dataset: conftest)
 def _aligned_mean_teacher(dataset):
-    import nnunet_mona.trainers as trainers
     from nnunet_mona.trainers.ready_trainer import make_trainer, start_loaders
-    cls = type("nnUNetTrainerMeanTeacher_alignTest", (trainers.nnUNetTrainerMeanTeacher,),
-               {"align_class_distribution": True})
-    trainer = make_trainer(cls, dataset["pre"], fold=2, seed=0)
+    trainer = make_trainer("nnUNetTrainerMeanTeacher", dataset["pre"], fold=2, seed=0)  # aligns by default
     start_loaders(trainer)
     return trainer
 
@@ -109,3 +106,13 @@ def test_trainer_trains_on_aligned_pseudo_labels_and_checkpoints_the_shares(hidd
     other.load_extra_checkpoint_state({**trainer.extra_checkpoint_state(), "rng_state": None})
     assert torch.equal(other.distribution_alignment.teacher_share, state["teacher_share"])
     assert torch.equal(other.distribution_alignment.labeled_share, state["labeled_share"])
+
+
+def test_alignment_is_on_by_default_and_can_be_switched_off(hidden_label_dataset, monkeypatch):
+    import nnunet_mona.trainers as trainers
+    from nnunet_mona.trainers.ready_trainer import make_trainer
+    for name in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA", "nnUNetTrainerACTION"):
+        assert getattr(trainers, name).align_class_distribution is True, name
+    monkeypatch.setenv("nnUNet_mona_trainer_settings", '{"align_class_distribution": false}')
+    trainer = make_trainer("nnUNetTrainerMeanTeacher", hidden_label_dataset["pre"], fold=2, seed=0)
+    assert trainer.distribution_alignment is None

@@ -79,8 +79,11 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     # share of nnUNet_n_proc_DA given to the unlabeled augmentation workers
     unlabeled_worker_share: float = 0.5
     # rescale the teacher's class probabilities so that their running share on the unlabeled pixels matches
-    # the labeled targets' class share (modules.distribution_alignment): counters a teacher that under-segments
-    align_class_distribution: bool = False
+    # the labeled targets' class share (modules.distribution_alignment): counters a teacher that under-segments.
+    # Measured with Mean Teacher on ACDC (CPU protocol, seed 0, val volumes, student / EMA teacher mean Dice):
+    # 3 labeled patients 66.4 / 65.8 with it vs 64.1 / 65.5 without; 1 labeled 23.9 / 24.0 vs 8.8 / 9.2.
+    # On the tiny synthetic gain problem it was within the run-to-run spread (README, Results)
+    align_class_distribution: bool = True
     # once per epoch (first step), log each weighted term's decoder-gradient norm relative to the supervised
     # loss's (gradient_monitor). Off by default: a few extra backward passes per epoch
     log_gradient_norms: bool = False
