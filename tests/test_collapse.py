@@ -150,7 +150,7 @@ def _train_toy(pre, monkeypatch, breaker=None):
 def _report(steps, means, init_cos):
     last = steps[-LAST:]
     contrast = float(np.mean([s["contrast"] for s in last]))
-    nn = float(np.mean([s.get("nn", float("nan")) for s in last]))
+    nn = float(np.mean([s["nn"] for s in last]))
     cos = means @ means.T
     print(f"\ncontrast first {steps[0]['contrast']:.4f} last-{LAST} mean {contrast:.4f} (chance "
           f"{chance_value(512):.4f}); nn last mean {nn:.4f}; sup {steps[0]['sup']:.3f} -> {last[-1]['sup']:.3f}; "

@@ -35,7 +35,6 @@ def test_zero_reference_gives_nan_not_a_crash():
 
 
 def test_mona_logs_the_norms_once_per_epoch_and_nn_never_reaches_the_decoder(hidden_label_dataset, monkeypatch):
-    from test_mona_trainer import _fake_step
     from nnunet_mona.trainers.ready_trainer import make_trainer, start_loaders
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     monkeypatch.setenv("nnUNet_mona_trainer_settings", '{"log_gradient_norms": true, "unsup_threshold": 0.0, '
