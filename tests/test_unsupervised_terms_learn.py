@@ -34,9 +34,11 @@ def _train_on_fixed_data(pre, name):
         if hasattr(trainer, attr):
             setattr(trainer, attr, 0.0)
     trainer.unsupervised_rampup_fraction = 0
-    # measured as before alignment became the default (e979b51): with it on, this toy's supervised-loss-free run
-    # drives unsup_dice to 1.0 (no confident foreground left); open in issue #11
-    trainer.distribution_alignment = None
+    # distribution alignment stays on, its running teacher share made to follow this toy's teacher: on one fixed
+    # batch without the supervised loss the teacher changes within a few steps. Measured (Mean Teacher,
+    # unsup_dice first -> last window): teacher momentum 0.99 or the default 0.9 keep the random start's
+    # foreground share and suppress every foreground pseudo-label (0.96 -> 1.00); 0.5: 0.95 -> 0.73
+    trainer.distribution_alignment.teacher_momentum = 0.5
     # the supervised loss off: it alone makes student and teacher agree on this toy (measured: with the
     # unsupervised loss detached, Mean Teacher's unsup still fell 0.91 -> 0.09), so only a term's own gradient
     # (and the other unsupervised terms') can make it fall
@@ -85,7 +87,7 @@ def test_each_unsupervised_term_decreases(fixed_data_runs, name):
 
 @pytest.mark.xfail(strict=True, reason=(
     "known gap (issue #11): MONA's representation terms barely learn on fixed data in 30 steps at contrast weight "
-    "0.01: contrast 6.201 -> 6.156 (-0.7 %), nn 1.567 -> 1.662 (rises: its targets are the drifting teacher's "
+    "0.01: contrast 6.170 -> 6.104 (-1.1 %), nn 1.551 -> 2.080 (rises: its targets are the drifting teacher's "
     "neighbours). Before nn got its own predictor: 6.213 -> 6.232, 1.593 -> 1.606. strict: passes once both fall "
     "by 1 %"))
 def test_mona_representation_terms_decrease(fixed_data_runs):

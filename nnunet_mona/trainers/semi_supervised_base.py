@@ -84,6 +84,9 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     # 3 labeled patients 66.4 / 65.8 with it vs 64.1 / 65.5 without; 1 labeled 23.9 / 24.0 vs 8.8 / 9.2.
     # On the tiny synthetic gain problem it was within the run-to-run spread (README, Results)
     align_class_distribution: bool = True
+    # how fast the running share of the teacher's probabilities forgets (the labeled share: 0.99). 0.99 kept a
+    # random teacher's near-uniform start for hundreds of steps (modules.distribution_alignment)
+    alignment_teacher_momentum: float = 0.9
     # once per epoch (first step), log each weighted term's decoder-gradient norm relative to the supervised
     # loss's (gradient_monitor). Off by default: a few extra backward passes per epoch
     log_gradient_norms: bool = False
@@ -127,7 +130,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         # built after super().initialize(): under DDP the student was broadcast from rank 0 already,
         # so every rank starts from the same teacher
         self.teacher = EMATeacher(teacher_net, self.network, decay=self.ema_decay, warmup=self.ema_warmup)
-        self.distribution_alignment = ClassDistributionAlignment(self.label_manager.num_segmentation_heads) \
+        self.distribution_alignment = ClassDistributionAlignment(
+            self.label_manager.num_segmentation_heads, teacher_momentum=self.alignment_teacher_momentum) \
             if self.align_class_distribution else None
         if self.is_ddp and self.auxiliary_modules is not None:
             # heads are not wrapped by DDP: start them equal on every rank (gradients are averaged per step)
