@@ -1,5 +1,5 @@
 """Teacher-student consistency losses of Mean Teacher style methods (pure PyTorch)."""
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ def masked_pseudo_label_ce(student_logits: torch.Tensor, pseudo_label: torch.Ten
         pseudo_label: (B, *S) long, the teacher's argmax on the weak view.
         confidence: (B, *S) float in [0, 1], the teacher's max probability.
         valid: (B, *S) bool, pixels inside the image (padding from augmentation is False).
-        threshold: confidence needed for a pixel to count.
+        threshold: confidence needed for a pixel to count: a float or a (B, *S) per-pixel map.
     Returns:
         (loss, confident_fraction): loss = sum of CE over confident valid pixels / number of valid
         pixels (FixMatch normalisation: fewer confident pixels -> smaller loss), computed in fp32;
@@ -94,15 +94,17 @@ def masked_pseudo_label_dice(student_logits: torch.Tensor, pseudo_label: torch.T
 
 
 def confident_pseudo_label_losses(student_logits: torch.Tensor, pseudo_label: torch.Tensor,
-                                  confidence: torch.Tensor, valid: torch.Tensor, threshold: float,
-                                  with_dice: bool = True, class_balanced: bool = False) -> dict:
+                                  confidence: torch.Tensor, valid: torch.Tensor,
+                                  threshold: Union[float, torch.Tensor], with_dice: bool = True,
+                                  class_balanced: bool = False) -> dict:
     """The weak-to-strong pseudo-label loss of Mean Teacher and MONA: {'unsup': masked CE (FixMatch
     normalisation; with ``class_balanced`` every pseudo-class weighs the same,
     :func:`class_balanced_pseudo_label_ce`), 'unsup_dice': batch soft Dice on the confident pixels (if
     ``with_dice``)}.
 
     Shapes as in :func:`masked_pseudo_label_ce`; ``pseudo_label`` may hold -1 (ignored: cut out or
-    outside the image), such pixels count neither as valid nor as confident.
+    outside the image), such pixels count neither as valid nor as confident. ``threshold``: a float, or a
+    (B, *S) map of per-pixel thresholds (class-adaptive thresholds).
     """
     valid = valid & (pseudo_label >= 0)
     if class_balanced:

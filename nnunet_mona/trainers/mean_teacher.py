@@ -49,16 +49,17 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
             else student_outputs_unlabeled
         labels, confidence = student_input["pseudo_label"], student_input["confidence"]
         valid = student_input["valid"] & (labels >= 0)
-        confident_fraction = ((confidence >= self.confidence_threshold) & valid).sum() / valid.sum().clamp_min(1)
+        threshold = self.pseudo_label_threshold(labels, self.confidence_threshold)  # float or (B, *P)
+        confident_fraction = ((confidence >= threshold) & valid).sum() / valid.sum().clamp_min(1)
         terms = {"confident_fraction": confident_fraction.detach().float()}
         if self.consistency == "masked_ce":
-            terms.update(confident_pseudo_label_losses(logits, labels, confidence, valid, self.confidence_threshold,
+            terms.update(confident_pseudo_label_losses(logits, labels, confidence, valid, threshold,
                                                        with_dice=self.use_pseudo_label_dice,
                                                        class_balanced=self.class_balanced_pseudo_labels))
         elif self.consistency == "mse":
             terms["unsup"] = softmax_mse(logits, student_input["probs"], valid)
             if self.use_pseudo_label_dice:
-                terms["unsup_dice"] = masked_pseudo_label_dice(logits, labels, (confidence >= self.confidence_threshold)
+                terms["unsup_dice"] = masked_pseudo_label_dice(logits, labels, (confidence >= threshold)
                                                                & valid)
         else:
             raise ValueError(f"unknown consistency {self.consistency!r}: use 'masked_ce' or 'mse'")

@@ -265,7 +265,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         n_u = student_input["num_unlabeled"]
         logits_u = logits[:n_u]
         valid = student_input["valid"]
-        confident = (student_input["confidence"] >= self.unsup_threshold) & valid
+        confident = (student_input["confidence"] >= self.pseudo_label_threshold(student_input["pseudo_label"],
+                                                                               self.unsup_threshold)) & valid
         terms = {"confident_fraction": (confident.sum() / valid.sum().clamp_min(1)).detach().float()}
         terms.update(self._pseudo_label_losses(logits_u, student_input, valid))
         if self.needs_features:
@@ -306,8 +307,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         labels = student_input["pseudo_label"]
         if self.unsup_mode == "masked":
             return confident_pseudo_label_losses(logits_u, labels, student_input["confidence"], valid,
-                                                 self.unsup_threshold)
-        if self.unsup_mode == "image_weighted":
+                                                 self.pseudo_label_threshold(labels, self.unsup_threshold))
+        if self.unsup_mode == "image_weighted":  # a per-image weight: the fixed threshold only
             return {"unsup": confidence_weighted_pseudo_label_ce(logits_u, labels, student_input["confidence"],
                                                                  valid & (labels >= 0), self.unsup_threshold)}
         raise ValueError(f"unknown unsup_mode {self.unsup_mode!r}: use 'masked' or 'image_weighted'")

@@ -15,7 +15,7 @@ Subclasses are small: they set class attributes and implement ``compute_unlabele
 import math
 import os
 import random
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from torch import distributed as dist
 from nnunet_mona.data.paths import unlabeled_preprocessed_folder
 from nnunet_mona.trainers.budget import (TrainedThisRun, apply_budget_from_environment,
                                          apply_loss_weights_from_environment, seed_from_environment)
+from nnunet_mona.modules.class_adaptive_threshold import ClassAdaptiveThreshold
 from nnunet_mona.modules.distribution_alignment import ClassDistributionAlignment
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
@@ -87,6 +88,10 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     # how fast the running share of the teacher's probabilities forgets (the labeled share: 0.99). 0.99 kept a
     # random teacher's near-uniform start for hundreds of steps (modules.distribution_alignment)
     alignment_teacher_momentum: float = 0.9
+    # per-class pseudo-label thresholds scaled by the teacher's running confidence per class, the trainer's fixed
+    # threshold as the ceiling (modules.class_adaptive_threshold). Off: not yet measured on held-out data
+    # (candidate for one labeled patient, where no foreground pixel passes 0.9 for half the training)
+    class_adaptive_threshold: bool = False
     # once per epoch (first step), log each weighted term's decoder-gradient norm relative to the supervised
     # loss's (gradient_monitor). Off by default: a few extra backward passes per epoch
     log_gradient_norms: bool = False
@@ -103,6 +108,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         apply_trainer_settings_from_environment(self)
         self.teacher: Optional[EMATeacher] = None
         self.distribution_alignment: Optional[ClassDistributionAlignment] = None
+        self.adaptive_threshold: Optional[ClassAdaptiveThreshold] = None
         self.auxiliary_modules: Optional[nn.ModuleDict] = None
         self.dataloader_unlabeled = None
         self.unlabeled_batch_size = None
@@ -133,6 +139,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         self.distribution_alignment = ClassDistributionAlignment(
             self.label_manager.num_segmentation_heads, teacher_momentum=self.alignment_teacher_momentum) \
             if self.align_class_distribution else None
+        self.adaptive_threshold = ClassAdaptiveThreshold(self.label_manager.num_segmentation_heads) \
+            if self.class_adaptive_threshold else None
         if self.is_ddp and self.auxiliary_modules is not None:
             # heads are not wrapped by DDP: start them equal on every rank (gradients are averaged per step)
             broadcast_module_(self.auxiliary_modules)
@@ -300,6 +308,13 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         confidence, pseudo_label = probs.max(dim=1)
         return {**teacher_out, "probs": probs, "confidence": confidence, "pseudo_label": pseudo_label}
 
+    def pseudo_label_threshold(self, pseudo_label: torch.Tensor, ceiling: float) -> Union[float, torch.Tensor]:
+        """The confidence a pixel's pseudo-label needs: ``ceiling`` (the trainer's fixed threshold), or with
+        ``class_adaptive_threshold`` a (B, *P) map of each pixel's class threshold for ``pseudo_label`` (B, *P)."""
+        if self.adaptive_threshold is None:
+            return ceiling
+        return self.adaptive_threshold.threshold_map(pseudo_label, ceiling)
+
     def make_student_unlabeled_input(self, unlabeled: Dict[str, torch.Tensor],
                                      teacher_out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """The student's unlabeled input and its per-pixel targets. Default: the strong view with
@@ -342,6 +357,9 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         teacher_out = self.teacher_predict(unlabeled["data_weak"])
         if self.distribution_alignment is not None:
             teacher_out = self._aligned_teacher_output(teacher_out, target, unlabeled["valid_mask"][:, 0])
+        if self.adaptive_threshold is not None:
+            self.adaptive_threshold.observe(teacher_out["confidence"], teacher_out["pseudo_label"],
+                                            unlabeled["valid_mask"][:, 0])
         student_input = self.make_student_unlabeled_input(unlabeled, teacher_out)
         with self.autocast_context():
             # one student forward on [labeled ; unlabeled] (InstanceNorm: identical to two passes)
@@ -435,6 +453,9 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         if alignment is not None and alignment.teacher_share is not None and alignment.labeled_share is not None:
             self.print_to_log_file("class share labeled", [round(float(v), 4) for v in alignment.labeled_share],
                                    "teacher (unaligned)", [round(float(v), 4) for v in alignment.teacher_share])
+        if self.adaptive_threshold is not None and self.adaptive_threshold.class_confidence is not None:
+            self.print_to_log_file("teacher confidence per pseudo-class (class-adaptive thresholds)",
+                                   [round(float(v), 4) for v in self.adaptive_threshold.class_confidence])
         for message in degenerate_term_warnings({k: float(v) for k, v in terms.items()}, self.chance_values(),
                                                 self.collapse_zero_terms):
             self.print_to_log_file(message)
@@ -462,6 +483,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
             state["auxiliary_modules"] = self.auxiliary_modules.state_dict()
         if self.distribution_alignment is not None:
             state["distribution_alignment"] = self.distribution_alignment.state_dict()
+        if self.adaptive_threshold is not None:
+            state["adaptive_threshold"] = self.adaptive_threshold.state_dict()
         return state
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
@@ -473,6 +496,8 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
             self.auxiliary_modules.load_state_dict(state["auxiliary_modules"])
         if self.distribution_alignment is not None and "distribution_alignment" in state:
             self.distribution_alignment.load_state_dict(state["distribution_alignment"])
+        if self.adaptive_threshold is not None and "adaptive_threshold" in state:
+            self.adaptive_threshold.load_state_dict(state["adaptive_threshold"])
 
     def _base_checkpoint(self, network_weights: dict) -> dict:
         return {
