@@ -89,8 +89,9 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     # random teacher's near-uniform start for hundreds of steps (modules.distribution_alignment)
     alignment_teacher_momentum: float = 0.9
     # per-class pseudo-label thresholds scaled by the teacher's running confidence per class, the trainer's fixed
-    # threshold as the ceiling (modules.class_adaptive_threshold). Off: not yet measured on held-out data
-    # (candidate for one labeled patient, where no foreground pixel passes 0.9 for half the training)
+    # threshold as the ceiling (modules.class_adaptive_threshold). Off: ACDC, 1 labeled patient, Mean Teacher,
+    # student / teacher mean Dice 20.4 / 20.7 with it vs 21.8 / 22.0 without (one seed): the teacher's argmax
+    # there is rarely foreground at all, so a lower foreground threshold has little to admit
     class_adaptive_threshold: bool = False
     # once per epoch (first step), log each weighted term's decoder-gradient norm relative to the supervised
     # loss's (gradient_monitor). Off by default: a few extra backward passes per epoch
