@@ -26,10 +26,10 @@ import torch
 
 class ClassDistributionAlignment:
     def __init__(self, num_classes: int, momentum: float = 0.99, min_share: float = 1e-4,
-                 teacher_momentum: Optional[float] = 0.9):
+                 teacher_momentum: float = 0.9):
         self.num_classes = num_classes
         self.momentum = momentum  # labeled share
-        self.teacher_momentum = momentum if teacher_momentum is None else teacher_momentum
+        self.teacher_momentum = teacher_momentum
         self.min_share = min_share  # keeps the ratio finite for a class absent so far
         self.labeled_share: Optional[torch.Tensor] = None  # (K,)
         self.teacher_share: Optional[torch.Tensor] = None  # (K,)

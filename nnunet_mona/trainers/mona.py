@@ -265,10 +265,10 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         n_u = student_input["num_unlabeled"]
         logits_u = logits[:n_u]
         valid = student_input["valid"]
-        confident = (student_input["confidence"] >= self.pseudo_label_threshold(student_input["pseudo_label"],
-                                                                               self.unsup_threshold)) & valid
+        threshold = self.pseudo_label_threshold(student_input["pseudo_label"], self.unsup_threshold)  # float or map
+        confident = (student_input["confidence"] >= threshold) & valid
         terms = {"confident_fraction": (confident.sum() / valid.sum().clamp_min(1)).detach().float()}
-        terms.update(self._pseudo_label_losses(logits_u, student_input, valid))
+        terms.update(self._pseudo_label_losses(logits_u, student_input, valid, threshold))
         if self.needs_features:
             n_l = (labeled_outputs[0] if isinstance(labeled_outputs, (list, tuple)) else labeled_outputs).shape[0]
             maps = [m[:n_l + n_u] for m in self.student_features.pop()]  # drop the warped batch
@@ -302,12 +302,12 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     def _predict(self, head_out: torch.Tensor) -> torch.Tensor:
         return self.auxiliary_modules["predictor"](head_out) if self.use_predictor else head_out
 
-    def _pseudo_label_losses(self, logits_u, student_input, valid) -> Dict[str, torch.Tensor]:
-        """'unsup' (and 'unsup_dice' in the masked mode) on the mixed unlabeled logits (B_u, K, *P)."""
+    def _pseudo_label_losses(self, logits_u, student_input, valid, threshold) -> Dict[str, torch.Tensor]:
+        """'unsup' (and 'unsup_dice' in the masked mode) on the mixed unlabeled logits (B_u, K, *P); ``threshold``:
+        float or (B_u, *P) map (``pseudo_label_threshold``)."""
         labels = student_input["pseudo_label"]
         if self.unsup_mode == "masked":
-            return confident_pseudo_label_losses(logits_u, labels, student_input["confidence"], valid,
-                                                 self.pseudo_label_threshold(labels, self.unsup_threshold))
+            return confident_pseudo_label_losses(logits_u, labels, student_input["confidence"], valid, threshold)
         if self.unsup_mode == "image_weighted":  # a per-image weight: the fixed threshold only
             return {"unsup": confidence_weighted_pseudo_label_ce(logits_u, labels, student_input["confidence"],
                                                                  valid & (labels >= 0), self.unsup_threshold)}
