@@ -68,13 +68,13 @@ def test_running_shares_and_resume_from_state_dict():
     for (target, probs), expected in zip(batches[2:], outputs[2:]):
         resumed.observe_labeled(target)
         assert torch.equal(resumed.align(probs, valid), expected)
-    # momentum 0.99: the running labeled share moves 1 % of the way to a new batch's share, the teacher's 10 %
+    # momentum 0.99: each running share moves 1 % of the way to a new batch's share
     before = uninterrupted.labeled_share.clone()
     uninterrupted.observe_labeled(torch.zeros(1, 1, 4, 4, dtype=torch.long))
     assert torch.allclose(uninterrupted.labeled_share, 0.99 * before + 0.01 * torch.tensor([1.0, 0, 0]))
     before = uninterrupted.teacher_share.clone()
     uninterrupted.align(torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1).expand(1, 3, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool))
-    assert torch.allclose(uninterrupted.teacher_share, 0.9 * before + 0.1 * torch.tensor([1.0, 0, 0]))
+    assert torch.allclose(uninterrupted.teacher_share, 0.99 * before + 0.01 * torch.tensor([1.0, 0, 0]))
 
 
 def _foreground_after_a_random_start(alignment: ClassDistributionAlignment, steps: int) -> float:
@@ -94,12 +94,13 @@ def _foreground_after_a_random_start(alignment: ClassDistributionAlignment, step
 
 
 def test_the_random_start_of_the_teacher_is_forgotten_within_a_few_dozen_steps():
-    # the default follows the teacher: after 30 steps its (correct) share is left almost unchanged
-    assert abs(_foreground_after_a_random_start(ClassDistributionAlignment(2), 30) - 0.1) < 0.01
-    # a slow teacher mean (0.99, the labeled share's) still remembers the random start's 50 % foreground and
-    # suppresses the foreground the teacher has right (ACDC: the first 5 epochs had no confident foreground)
-    slow = _foreground_after_a_random_start(ClassDistributionAlignment(2, teacher_momentum=0.99), 30)
-    assert slow < 0.07  # measured 0.062 (the default: 0.097)
+    # teacher momentum 0.9 follows the teacher: after 30 steps its (correct) share is left almost unchanged
+    assert abs(_foreground_after_a_random_start(ClassDistributionAlignment(2, teacher_momentum=0.9), 30) - 0.1) < 0.01
+    # a slow teacher mean (0.99, the default, the labeled share's) still remembers the random start's 50 %
+    # foreground and suppresses the foreground the teacher has right (ACDC: the first 5 epochs had no confident
+    # foreground). The default stays 0.99 all the same: 0.9 did not raise Dice on ACDC (module docstring)
+    slow = _foreground_after_a_random_start(ClassDistributionAlignment(2), 30)
+    assert slow < 0.07  # measured 0.062 (0.9: 0.097)
 
 
 # ---------------------------------------------------------------- inside a real trainer (dataset: conftest)
