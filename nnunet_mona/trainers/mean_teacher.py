@@ -15,6 +15,7 @@ from typing import Dict
 
 import torch
 
+from nnunet_mona.augment.labeled_copy_paste import copy_paste_with_labeled
 from nnunet_mona.augment.unlabeled_mixing import mix_unlabeled_batch
 from nnunet_mona.losses.consistency import confident_pseudo_label_losses, masked_pseudo_label_dice, softmax_mse
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
@@ -23,7 +24,8 @@ from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervise
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     consistency: str = "masked_ce"  # or "mse"
     confidence_threshold: float = 0.9
-    # student view: the loader's strong view, mixed with a partner ('cutmix' | 'cutout' | 'classmix' | 'none')
+    # student view: the loader's strong view, mixed with a partner ('cutmix' | 'cutout' | 'classmix' | 'none'),
+    # or 'copy_paste': with a box of a labeled patch and its ground truth, both ways (augment.labeled_copy_paste)
     mix_mode: str = "cutmix"
     mix_area_fraction: float = 0.5
     use_pseudo_label_dice: bool = True
@@ -37,6 +39,14 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     diagnostic_names = ("confident_fraction",)
 
     def make_student_unlabeled_input(self, unlabeled, teacher_out) -> Dict[str, torch.Tensor]:
+        if self.mix_mode == "copy_paste":  # boxes of this step's labeled patches, with their ground truth
+            if self.label_manager.has_regions:
+                raise RuntimeError("mix_mode 'copy_paste' needs integer labels; this dataset trains regions. "
+                                   "Use another mix_mode (e.g. 'cutmix').")
+            return copy_paste_with_labeled(unlabeled["data_strong"], teacher_out["pseudo_label"],
+                                           teacher_out["confidence"], teacher_out["probs"],
+                                           unlabeled["valid_mask"][:, 0], self.labeled_patches["data"],
+                                           self.labeled_patches["target"], self.mix_area_fraction)
         mixed = mix_unlabeled_batch(self.mix_mode, unlabeled["data_strong"], teacher_out["pseudo_label"],
                                     teacher_out["confidence"], teacher_out["probs"], unlabeled["valid_mask"][:, 0],
                                     self.mix_area_fraction)

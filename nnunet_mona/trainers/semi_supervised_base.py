@@ -114,6 +114,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         self.auxiliary_modules: Optional[nn.ModuleDict] = None
         self.dataloader_unlabeled = None
         self.unlabeled_batch_size = None
+        self.labeled_patches: Optional[Dict[str, torch.Tensor]] = None  # set in train_step (see there)
         self.num_nonfinite_steps = 0
         self._consecutive_nonfinite = 0
         self._teacher_restored = False
@@ -362,7 +363,12 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         if self.adaptive_threshold is not None:
             self.adaptive_threshold.observe(teacher_out["confidence"], teacher_out["pseudo_label"],
                                             unlabeled["valid_mask"][:, 0])
-        student_input = self.make_student_unlabeled_input(unlabeled, teacher_out)
+        # the labeled patches of this step, for views that mix them in (Mean Teacher's 'copy_paste')
+        self.labeled_patches = {"data": data, "target": target[0] if isinstance(target, (list, tuple)) else target}
+        try:
+            student_input = self.make_student_unlabeled_input(unlabeled, teacher_out)
+        finally:
+            self.labeled_patches = None
         with self.autocast_context():
             # one student forward on [labeled ; unlabeled] (InstanceNorm: identical to two passes)
             output = self.network(torch.cat((data, student_input["image"]), dim=0))
