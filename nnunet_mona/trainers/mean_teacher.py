@@ -16,7 +16,7 @@ from typing import Dict
 import torch
 
 from nnunet_mona.augment.labeled_copy_paste import copy_paste_with_labeled
-from nnunet_mona.augment.unlabeled_mixing import mix_unlabeled_batch
+from nnunet_mona.augment.unlabeled_mixing import MIX_MODES, mix_unlabeled_batch
 from nnunet_mona.losses.consistency import confident_pseudo_label_losses, masked_pseudo_label_dice, softmax_mse
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 
@@ -38,11 +38,15 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     loss_term_names = ("unsup", "unsup_dice", "confident_fraction")
     diagnostic_names = ("confident_fraction",)
 
+    def initialize(self):
+        # a misspelt mode would otherwise stop the run only at its first step, after the loaders started
+        if self.mix_mode not in MIX_MODES + ("copy_paste",):
+            raise ValueError(f"{self.__class__.__name__}: unknown mix_mode {self.mix_mode!r}; use one of "
+                             f"{', '.join(MIX_MODES + ('copy_paste',))} (nnUNet_mona_trainer_settings)")
+        super().initialize()
+
     def make_student_unlabeled_input(self, unlabeled, teacher_out) -> Dict[str, torch.Tensor]:
         if self.mix_mode == "copy_paste":  # boxes of this step's labeled patches, with their ground truth
-            if self.label_manager.has_regions:
-                raise RuntimeError("mix_mode 'copy_paste' needs integer labels; this dataset trains regions. "
-                                   "Use another mix_mode (e.g. 'cutmix').")
             return copy_paste_with_labeled(unlabeled["data_strong"], teacher_out["pseudo_label"],
                                            teacher_out["confidence"], teacher_out["probs"],
                                            unlabeled["valid_mask"][:, 0], self.labeled_patches["data"],
