@@ -20,6 +20,8 @@ from nnunet_mona.augment.unlabeled_mixing import MIX_MODES, mix_unlabeled_batch
 from nnunet_mona.losses.consistency import confident_pseudo_label_losses, masked_pseudo_label_dice, softmax_mse
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 
+MEAN_TEACHER_MIX_MODES = MIX_MODES + ("copy_paste",)
+
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     consistency: str = "masked_ce"  # or "mse"
@@ -42,9 +44,9 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
 
     def initialize(self):
         # a misspelt mode would otherwise stop the run only at its first step, after the loaders started
-        if self.mix_mode not in MIX_MODES + ("copy_paste",):
+        if self.mix_mode not in MEAN_TEACHER_MIX_MODES:
             raise ValueError(f"{self.__class__.__name__}: unknown mix_mode {self.mix_mode!r}; use one of "
-                             f"{', '.join(MIX_MODES + ('copy_paste',))} (nnUNet_mona_trainer_settings)")
+                             f"{', '.join(MEAN_TEACHER_MIX_MODES)} (nnUNet_mona_trainer_settings)")
         super().initialize()
 
     def make_student_unlabeled_input(self, unlabeled, teacher_out) -> Dict[str, torch.Tensor]:
