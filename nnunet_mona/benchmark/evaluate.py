@@ -197,3 +197,7 @@ def entry_point(argv=None) -> None:
     save_json(result, args.o)
     print(f"{len(result['cases'])} volume(s); {args.o}\n")
     print(markdown_table(result))
+
+
+if __name__ == "__main__":  # python -m, where the console scripts are not installed (the device)
+    entry_point()
