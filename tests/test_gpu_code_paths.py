@@ -76,3 +76,60 @@ def test_trainer_steps_under_autocast(hidden_label_dataset, monkeypatch, name):
     trainer = _trainer(hidden_label_dataset, name, "_autocastTest", {"autocast_context": bf16_autocast})
     _two_steps_train_everything(trainer)
     assert entered  # the trainer's forward really ran under autocast
+
+
+class _SpyScaler:
+    """Stands in for CUDA's GradScaler: records its calls; ``skip_first`` makes the first update lower the scale,
+    as the real scaler does when it skipped a step for inf / NaN gradients."""
+
+    def __init__(self, skip_first: bool):
+        self.calls, self.scale_value, self.skip_first = [], 1024.0, skip_first
+
+    def get_scale(self):
+        return self.scale_value
+
+    def scale(self, loss):
+        self.calls.append("scale")
+        return loss
+
+    def unscale_(self, optimizer):
+        self.calls.append("unscale_")
+
+    def step(self, optimizer):
+        self.calls.append("step")
+        optimizer.step()
+
+    def update(self):
+        self.calls.append("update")
+        if self.skip_first and self.calls.count("update") == 1:
+            self.scale_value /= 2
+
+
+def test_mixed_precision_setting_and_scaler_skip_count(hidden_label_dataset, monkeypatch):
+    """The gradient scaler's skipped steps are counted (a lowered scale = a skipped step), and the setting
+    ``mixed_precision: false`` bypasses both the scaler and autocast on CUDA (the fp32 check for MONA)."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    from nnunetv2.utilities.helpers import dummy_context
+    trainer = _trainer(hidden_label_dataset, "nnUNetTrainerMeanTeacher", "_scalerTest", {})
+    try:
+        trainer.grad_scaler = spy = _SpyScaler(skip_first=True)
+        trainer.train_step(next(trainer.dataloader_train))
+        trainer.train_step(next(trainer.dataloader_train))
+        assert spy.calls.count("scale") == 2 and trainer.amp_skipped_steps == 1
+
+        trainer.mixed_precision = False
+        trainer.grad_scaler = spy = _SpyScaler(skip_first=False)
+        before = [p.detach().clone() for p in trainer.network.parameters()]
+        trainer.train_step(next(trainer.dataloader_train))
+        assert spy.calls == []  # fp32: the optimizer stepped without the scaler
+        assert any(not torch.equal(a, b) for a, b in zip(trainer.network.parameters(), before))
+
+        device = trainer.device
+        trainer.device = torch.device("cuda")  # only the context's choice is checked: nothing runs on it
+        assert isinstance(trainer.autocast_context(), dummy_context)
+        trainer.mixed_precision = True
+        assert isinstance(trainer.autocast_context(), torch.autocast)
+        trainer.device = device
+    finally:
+        from nnunet_mona.trainers.ready_trainer import finish_loaders
+        finish_loaders(trainer)
