@@ -11,7 +11,8 @@
 # Device call 1 (carry .dev/stage.sh .dev/site312.tar.xz .dev/acdc.part0): bash .dev/stage.sh deps
 # Device call 2 (carry .dev/sweep): source /tmp/env.sh && bash scripts/device/acdc_seeds_gpu.sh --jobs FILE
 # JOBS FILE: one job per line, "TAG TRAINER LABELED(1|3) SEED [SETTINGS_JSON]", run in this order, at most
-# --parallel at a time; a job not finished by the deadline is stopped and reported as such.
+# --parallel at a time; a job not finished by the deadline is stopped and reported as such. TRAINER
+# SelfTraining runs offline self-training (plain nnU-Net, pseudo-labels of the unlabeled cases, plain again).
 # Options: --budget_s S [560] whole script   --parallel P [9]   --n_proc_da K [2]   --epochs E [20]
 #          --iterations I [50]   --device cuda|cpu [cuda]   --out DIR [$OUT]   --work DIR [/tmp/sweep]
 set -u -o pipefail
@@ -74,14 +75,29 @@ fi
 
 # 2. trainings, in the jobs file's order, at most PARALLEL at once, all stopped at the deadline
 TRAIN_DEADLINE=$(( BUDGET_S - 75 ))  # leave time to predict and evaluate what finished
+until_deadline() { echo $(( TRAIN_DEADLINE - ($(date +%s) - T0) )); }
+train_one() {  # PREPROCESSED RESULTS TRAINER SEED SETTINGS LOG
+  nnUNet_preprocessed=$1 nnUNet_results=$2 nnUNet_mona_seed=$4 nnUNet_mona_trainer_settings=$5 \
+    timeout -k 5 "$(until_deadline)" \
+    nnUNetv2_train 27 2d 0 -tr "$3" -p nnUNetPlans_b8 -device "$DEVICE" >> "$6" 2>&1
+}
+# TRAINER SelfTraining = offline self-training (nnU-Net's advice, issue #2233): plain nnU-Net, pseudo-labels of
+# the fold's unlabeled cases (nnunet_mona.benchmark.self_training), plain nnU-Net again on labeled + pseudo-labeled
+real_trainer() { [ "$1" = SelfTraining ] && echo nnUNetTrainerBudget || echo "$1"; }
 train_job() {  # TAG TRAINER LABELED SEED SETTINGS
   local tag=$1 tr=$2 n=$3 seed=$4 settings=${5:-}
-  local s=$(date +%s)
-  nnUNet_preprocessed=$WORK/pre$n nnUNet_results=$WORK/res/$tag nnUNet_mona_seed=$seed \
-    nnUNet_mona_trainer_settings=$settings \
-    timeout -k 5 $(( TRAIN_DEADLINE - ($(date +%s) - T0) )) \
-    nnUNetv2_train 27 2d 0 -tr "$tr" -p nnUNetPlans_b8 -device "$DEVICE" > "$WORK/logs/$tag.train.log" 2>&1
-  local rc=$?
+  local s=$(date +%s) log=$WORK/logs/$1.train.log rc
+  if [ "$tr" = SelfTraining ]; then
+    train_one "$WORK/pre$n" "$WORK/res/${tag}_plain" nnUNetTrainerBudget "$seed" "$settings" "$log" \
+    && nnUNet_results=$WORK/res/${tag}_plain timeout -k 5 "$(until_deadline)" $PYTHON -m \
+      nnunet_mona.benchmark.self_training --source "$WORK/pre$n/$D" --target "$WORK/pre_st_$tag/$D" \
+      --model "$WORK/res/${tag}_plain/$D/nnUNetTrainerBudget__nnUNetPlans_b8__2d/fold_0" -p nnUNetPlans_b8 \
+      -device "$DEVICE" --disable_tta --record "$WORK/logs/$tag.pseudo_labels.json" >> "$log" 2>&1 \
+    && train_one "$WORK/pre_st_$tag" "$WORK/res/$tag" nnUNetTrainerBudget "$seed" "$settings" "$log"
+  else
+    train_one "$WORK/pre$n" "$WORK/res/$tag" "$tr" "$seed" "$settings" "$log"
+  fi
+  rc=$?
   echo "$tag $rc $(( $(date +%s) - s ))" >> "$WORK/train_done.txt"
   say "trained $tag ($tr, $n labeled, seed $seed${settings:+, $settings}): exit $rc in $(( $(date +%s) - s ))s"
 }
@@ -113,7 +129,7 @@ PY
 }
 while read -r tag rc secs; do
   [ "$rc" = 0 ] || continue
-  tr=$(awk -v t="$tag" '$1 == t {print $2}' "$JOBS")
+  tr=$(real_trainer "$(awk -v t="$tag" '$1 == t {print $2}' "$JOBS")")
   for chk in checkpoint_final.pth checkpoint_final_teacher.pth; do
     f=$(ls -d "$WORK/res/$tag"/*/*/fold_0/"$chk" 2>/dev/null | head -n 1)
     [ -n "$f" ] || continue
