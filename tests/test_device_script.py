@@ -128,3 +128,20 @@ def test_sizing_adds_labeled_counts_only_when_they_fit(tmp_path, capsys):
     os.remove(tmp_path / "iter_nnUNetTrainerMONA.json")
     chosen, _ = _size(tmp_path, capsys, "--remaining_s", "300", "--extra_labeled")
     assert chosen["epochs"] >= 1 and "estimated" in (tmp_path / "out" / "cost.md").read_text()
+
+
+def test_seeds_script_refuses_bad_input_with_a_message(tmp_path):
+    """scripts/device/acdc_seeds_gpu.sh: no jobs file, an incomplete --pack and an unknown option each stop
+    at once (exit 2) and say what is missing, before anything is unpacked or trained."""
+    script = os.path.join(DEVICE, "acdc_seeds_gpu.sh")
+    runs = {
+        "no jobs": ([], "--jobs FILE is required"),
+        "pack without data": (["--pack", "--pre", str(tmp_path), "--raw", str(tmp_path), "--splits1", "x"],
+                              "--pack needs --pre"),
+        "unknown option": (["--epoch", "3"], "unknown option --epoch"),
+    }
+    for name, (args, message) in runs.items():
+        out = subprocess.run(["bash", script, "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), *args],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 2 and message in out.stderr, (name, out.returncode, out.stderr)
+    assert not (tmp_path / "work").exists()  # nothing was started
