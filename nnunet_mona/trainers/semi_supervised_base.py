@@ -400,13 +400,13 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         self._consecutive_nonfinite = 0
         scaler = self.grad_scaler if self.mixed_precision else None
         if scaler is not None:
-            scale_before = scaler.get_scale()
             scaler.scale(total).backward()
             if self.is_ddp and self.auxiliary_modules is not None:
                 average_gradients_(self.auxiliary_modules)
             scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
-            scaler.step(self.optimizer)
+            scaler.step(self.optimizer)  # synchronises (reads found_inf), so reading the scale here costs no extra sync
+            scale_before = scaler.get_scale()
             scaler.update()
             # the scaler lowers its scale exactly when it skipped the step (inf / NaN among the gradients)
             self.amp_skipped_steps += int(scaler.get_scale() < scale_before)

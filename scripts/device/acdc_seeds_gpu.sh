@@ -15,6 +15,7 @@
 # SelfTraining runs offline self-training (plain nnU-Net, pseudo-labels of the unlabeled cases, plain again).
 # Options: --budget_s S [560] whole script   --parallel P [9]   --n_proc_da K [2]   --epochs E [20]
 #          --iterations I [50]   --device cuda|cpu [cuda]   --out DIR [$OUT]   --work DIR [/tmp/sweep]
+#          --src DIR [.dev/sweep] where --pack writes the tarballs and a run reads them
 set -u -o pipefail
 T0=$(date +%s)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -105,7 +106,7 @@ train_job() {  # TAG TRAINER LABELED SEED SETTINGS
 while read -r tag tr n seed settings; do
   [ -z "$tag" ] || [ "${tag#\#}" != "$tag" ] && continue
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
-  [ $(( TRAIN_DEADLINE - ($(date +%s) - T0) )) -gt 60 ] || { say "not started (no time): $tag"; continue; }
+  [ "$(until_deadline)" -gt 60 ] || { say "not started (no time): $tag"; continue; }
   train_job "$tag" "$tr" "$n" "$seed" "$settings" &
   sleep 1
 done < "$JOBS"
@@ -145,5 +146,5 @@ cp "$WORK/results.tsv" "$WORK/train_done.txt" "$OUTDIR/" 2>/dev/null
 ( cd "$WORK" && tar -czf "$OUTDIR/logs.tar.gz" logs res/*/*/*/fold_0/training_log_*.txt pred/*/metrics.json \
     2>/dev/null )
 pkill -f "nvidia-smi --query-gpu" 2>/dev/null
-[ -f "$OUTDIR/results.tsv" ] && column -t "$OUTDIR/results.tsv"
+[ -f "$OUTDIR/results.tsv" ] && { column -t "$OUTDIR/results.tsv" 2>/dev/null || cat "$OUTDIR/results.tsv"; }
 say "done in $(( $(date +%s) - T0 ))s"
