@@ -7,6 +7,7 @@ import pytest
 
 from nnunet_mona.demo import pipeline
 from nnunet_mona.demo.console import DemoError, TrainingProgress
+from nnunet_mona.demo.evaluation import dice_rows_by_group
 from nnunet_mona.demo.run_demo import DEFAULT_TRAINERS, build_parser, main, settings_from_args
 
 # everything the demo sets in os.environ; restored after the test (other tests use their own folders)
@@ -60,6 +61,17 @@ def test_demo_end_to_end(tmp_path, isolated_env):
         log = next(fold.glob("training_log_*.txt")).read_text()
         assert "final validation skipped" in log
 
+    # Dice by scanner distance: every test case in exactly one group; a group holding all of them repeats the table
+    by_group = results["dice_by_group"]
+    with open(work / "nnUNet_raw" / "demo_roles.json") as f:
+        test_cases = json.load(f)["test"]
+    assert sorted(by_group["cases"]["near"] + by_group["cases"]["far"]) == sorted(test_cases)
+    assert "near" in table and "far" in table
+    for trainer, row in results["dice"].items():
+        for group, cases in by_group["cases"].items():
+            if len(cases) == len(test_cases):
+                assert by_group["dice"][trainer][group] == row, (trainer, group)
+
     # a second run continues: training and prediction are skipped, the results are the same
     again = main(TINY + ["-o", str(work)])
     assert again["dice"] == results["dice"]
@@ -104,3 +116,17 @@ def test_training_progress_lines():
     assert printed == ["[MeanTeacher] epoch   3/10  train_loss -0.4123  val_loss -0.52  pseudo Dice 0.91 0.62 n/a  "
                        "unsup 0.012  confident_fraction 0.800  12.3s"]
     assert progress("Traceback (most recent call last):") == "[MeanTeacher] Traceback (most recent call last):"
+
+
+def test_dice_by_group_averages_each_groups_cases():
+    """dice_rows_by_group: per class the mean over the group's cases, NaN cases (class absent from reference and
+    prediction) left out, mean over the classes present; computed by hand."""
+    nan = float("nan")
+    summary = {"metric_per_case": [
+        {"reference_file": "/x/labelsTs/a.nii.gz", "metrics": {"1": {"Dice": 0.9}, "2": {"Dice": 0.5}}},
+        {"reference_file": "/x/labelsTs/b.nii.gz", "metrics": {"1": {"Dice": 0.7}, "2": {"Dice": nan}}},
+        {"reference_file": "/x/labelsTs/c.nii.gz", "metrics": {"1": {"Dice": 0.2}, "2": {"Dice": 0.4}}}]}
+    rows = dice_rows_by_group(summary, {1: "cavity", 2: "wall"}, {"near": ["a", "b"], "far": ["c"], "none": []})
+    assert rows["near"] == {"cavity": 0.8, "wall": 0.5, "mean": 0.65}
+    assert rows["far"] == {"cavity": 0.2, "wall": 0.4, "mean": 0.3}
+    assert rows["none"] == {"cavity": None, "wall": None, "mean": None}

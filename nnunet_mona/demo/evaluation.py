@@ -80,6 +80,38 @@ def dice_row(summary: dict, class_names: Dict[int, str]) -> Dict[str, Optional[f
     return row
 
 
+def dice_rows_by_group(summary: dict, class_names: Dict[int, str], groups: Dict[str, List[str]],
+                       file_ending: str = ".nii.gz") -> Dict[str, Dict[str, Optional[float]]]:
+    """``dice_row`` restricted to each group of test cases: {group: {class name: Dice, ..., 'mean': ...}}.
+
+    ``groups``: {group name: case ids}. Same per-case numbers and NaN rule as the whole-set row."""
+    by_case = {os.path.basename(c["reference_file"])[:-len(file_ending)]: c["metrics"]
+               for c in summary["metric_per_case"]}
+    rows = {}
+    for group, cases in groups.items():
+        per_class = {}
+        for label, name in class_names.items():
+            values = [by_case[c].get(str(label), {}).get("Dice") for c in cases if c in by_case]
+            values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+            per_class[name] = round(sum(values) / len(values), 4) if values else None
+        present = [v for v in per_class.values() if v is not None]
+        per_class["mean"] = round(sum(present) / len(present), 4) if present else None
+        rows[group] = per_class
+    return rows
+
+
+def markdown_group_table(rows: Dict[str, Dict[str, Dict[str, Optional[float]]]], class_names: List[str],
+                         group_titles: Dict[str, str]) -> str:
+    """Rows: trainers; for each group (in ``group_titles``' order) its classes and mean (Dice in %)."""
+    header = ["trainer"] + [f"{title}: {c}" for title in group_titles.values() for c in list(class_names) + ["mean"]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for trainer, groups in rows.items():
+        cells = [f"{100 * groups[g][c]:.1f}" if groups[g].get(c) is not None else "n/a"
+                 for g in group_titles for c in list(class_names) + ["mean"]]
+        lines.append("| " + " | ".join([display_name(trainer)] + cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown_table(rows: Dict[str, Dict[str, Optional[float]]], class_names: List[str]) -> str:
     """Rows: trainers; columns: every foreground class, then the mean (Dice in %, one decimal)."""
     header = ["trainer"] + list(class_names) + ["mean"]
@@ -91,18 +123,25 @@ def markdown_table(rows: Dict[str, Dict[str, Optional[float]]], class_names: Lis
 
 
 def write_results(work_dir: str, rows: Dict[str, Dict[str, Optional[float]]], class_names: List[str],
-                  protocol: dict) -> Dict[str, str]:
-    """Writes ``results.md`` and ``results.json`` into ``work_dir``; returns their paths."""
+                  protocol: dict, by_group: Optional[dict] = None) -> Dict[str, str]:
+    """Writes ``results.md`` and ``results.json`` into ``work_dir``; returns their paths.
+
+    ``by_group`` (optional): {'titles': {group: title}, 'cases': {group: case ids}, 'dice': {trainer: {group:
+    row}}, 'note': text}, a second table of the same Dice by group of test cases."""
     table = markdown_table(rows, class_names)
     md_path = os.path.join(work_dir, "results.md")
     json_path = os.path.join(work_dir, "results.json")
     lines = ["# nnunet_mona demo: Dice on the held-out test patients", "", table, "",
              "Dice in % per class (nnU-Net's evaluation: per test case, classes absent from both reference and "
              "prediction skipped), mean = average over the foreground classes.", "", "Protocol:", ""]
+    if by_group:
+        lines[6:6] = [markdown_group_table(by_group["dice"], class_names, by_group["titles"]), "",
+                      by_group["note"], ""]
     lines += [f"- {k}: {v}" for k, v in protocol.items()]
     with open(md_path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump({"classes": list(class_names), "dice": rows,
-                   "display_names": {t: display_name(t) for t in rows}, "protocol": protocol}, f, indent=2)
+                   "display_names": {t: display_name(t) for t in rows}, "protocol": protocol,
+                   **({"dice_by_group": by_group} if by_group else {})}, f, indent=2)
     return {"markdown": md_path, "json": json_path}

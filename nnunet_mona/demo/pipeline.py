@@ -5,11 +5,11 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from nnunet_mona.cli import configure_ext_trainer_in_process
 from nnunet_mona.demo.console import DemoError, TrainingProgress, command_path, log, run_command
-from nnunet_mona.demo.synthetic_dataset import LABELS, write_synthetic_dataset
+from nnunet_mona.demo.synthetic_dataset import LABELS, read_scanner_shifts, write_synthetic_dataset
 
 DATASET_ID = 980
 DATASET_NAME = "MonaDemo"
@@ -154,6 +154,22 @@ def generate_dataset(s: DemoSettings) -> Dict[str, List[str]]:
         f"({d.num_labeled}/{d.num_unlabeled}/{d.num_test} patients x 2 frames, {d.num_slices} slices of "
         f"{d.size[0]}x{d.size[1]}) in {s.raw_dataset}")
     return roles
+
+
+def scanner_groups(s: DemoSettings, test_cases: List[str]) -> Optional[dict]:
+    """The test cases split by the distance of the scanner that imaged them, for a second Dice table: near
+    (shift below half of ``--scanner_shift``) and far. None for a single-scanner dataset."""
+    shifts = read_scanner_shifts(s.raw_dataset)
+    if not shifts:
+        return None
+    half = s.dataset.scanner_shift / 2
+    cases = {"near": [c for c in test_cases if shifts.get(c, 0.0) < half],
+             "far": [c for c in test_cases if shifts.get(c, 0.0) >= half]}
+    titles = {"near": "near", "far": "far"}
+    note = (f"Test cases by the scanner that imaged them: near = scanner shift below {half:g} "
+            f"({len(cases['near'])} cases), far = {half:g} to {s.dataset.scanner_shift:g} ({len(cases['far'])} "
+            f"cases); the labeled patients' scanner is at 0 (synthetic_dataset.seen_by_scanner).")
+    return {"titles": titles, "cases": cases, "note": note}
 
 
 def plan_and_preprocess(s: DemoSettings) -> None:

@@ -9,7 +9,7 @@ Used by the demo and by the tests, so it must stay fast (well under a second per
 """
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -109,23 +109,44 @@ def sample_anatomy(rng: np.random.Generator, size: Sequence[int], lesion_probabi
 # change per unit of scanner shift (image intensities: background tissue ~0.35, wall 0.5-0.6, cavity 0.8-0.95;
 # noise: its standard deviation; bias: the strength of the smooth multiplicative field). Experiments patch it.
 SCANNER_EFFECT = {"wall": -0.15, "cavity": -0.10, "noise": 0.03, "bias": 0.25}
+# In the multi-scanner scenario the wall's brightness is the scanner's, not the patient's: the labeled scanner
+# shows it at SCANNER_WALL, each patient keeps only SCANNER_WALL_JITTER of its own draw's deviation. Otherwise
+# how far plain nnU-Net generalises depends on whether the few labeled patients happened to have faint walls
+# (the dataset seed), which dominated the demo's seed-to-seed spread. At the farthest scanner the wall stays
+# 0.08 brighter than the tissue: faint, still there to be learnt from the unlabeled images.
+SCANNER_WALL = 0.58
+SCANNER_WALL_JITTER = 0.2
 
 
 def seen_by_scanner(anatomy: Dict, shift: float) -> Dict:
     """The same anatomy imaged by a scanner ``shift`` (0 = the labeled patients' scanner, 1 = the farthest one)
-    away: the wall darkens towards the surrounding tissue's brightness (at shift 1 its contrast to the tissue
-    is 0.15 lower, often near zero), the cavity darkens, noise and bias field grow. nnU-Net's
+    away: the wall (at the labeled scanner SCANNER_WALL +- 0.01 whatever the patient) darkens towards the
+    surrounding tissue's brightness (at shift 1 its contrast to the tissue is 0.08 instead of 0.23), the cavity
+    darkens, noise and bias field grow. nnU-Net's
     augmentation (brightness, contrast, gamma, noise) does not turn one of these appearances into another.
     """
     e = SCANNER_EFFECT
     seen = dict(anatomy)
     seen["intensity"] = dict(anatomy["intensity"])
-    seen["intensity"]["wall"] = anatomy["intensity"]["wall"] + e["wall"] * shift
+    own_wall = SCANNER_WALL + SCANNER_WALL_JITTER * (anatomy["intensity"]["wall"] - 0.55)  # 0.55: the draw's centre
+    seen["intensity"]["wall"] = own_wall + e["wall"] * shift
     seen["intensity"]["cavity"] = anatomy["intensity"]["cavity"] + e["cavity"] * shift
     seen["noise"] = anatomy["noise"] + e["noise"] * shift
     seen["bias"] = 0.25 + e["bias"] * shift
     seen["scanner_shift"] = float(shift)
     return seen
+
+
+SCANNERS_FILE = "scanners.json"  # {case id: scanner shift}, written with scanner_shift > 0 (nnU-Net ignores it)
+
+
+def read_scanner_shifts(dataset_folder: str) -> Optional[Dict[str, float]]:
+    """{case id: the shift of the scanner that imaged it} of a dataset written with scanner_shift > 0, else None."""
+    path = os.path.join(dataset_folder, SCANNERS_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def _write(array_zyx: np.ndarray, path: str, spacing_xyz, is_label: bool) -> None:
@@ -152,7 +173,8 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
     (``seen_by_scanner``). With 0 (default) every patient looks the same way (and the random stream, hence the
     data of a given seed, is what it was before the option existed).
 
-    Returns the case ids per role: ``{'labeled', 'unlabeled', 'test'}``.
+    With ``scanner_shift`` > 0 the scanner shift of every case is written to ``scanners.json`` in the dataset
+    folder (``read_scanner_shifts``). Returns the case ids per role: ``{'labeled', 'unlabeled', 'test'}``.
     """
     rng = np.random.default_rng(seed)
     folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{dataset_name}")
@@ -162,6 +184,7 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
         os.makedirs(os.path.join(folder, "imagesUnlabeled"), exist_ok=True)
     spacing = (1.0, 1.0, 5.0)
     roles = {"labeled": [], "unlabeled": [], "test": []}
+    shifts: Dict[str, float] = {}
     patient = 0
     plan = [("labeled", n_labeled_patients), ("unlabeled", n_unlabeled_patients), ("test", n_test_patients)]
     for role, count in plan:
@@ -170,8 +193,8 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
             # the rare class must be annotated somewhere: the first labeled patient always shows it
             forced = role == "labeled" and index == 0 and lesion_probability > 0
             anatomy = sample_anatomy(rng, size, 1.0 if forced else lesion_probability)
-            if scanner_shift > 0 and role != "labeled":
-                anatomy = seen_by_scanner(anatomy, rng.uniform(0.0, scanner_shift))
+            if scanner_shift > 0:  # labeled patients: the labeled scanner (shift 0); draws no random number
+                anatomy = seen_by_scanner(anatomy, 0.0 if role == "labeled" else rng.uniform(0.0, scanner_shift))
             for frame in range(1, frames_per_patient + 1):
                 cid = case_id(patient, frame)
                 image, label = synthesize_case(rng, anatomy, 1.0 - 0.12 * (frame - 1), n_slices, size)
@@ -185,6 +208,10 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
                 if lab_dir is not None:
                     _write(label, os.path.join(folder, lab_dir, f"{cid}.nii.gz"), spacing, True)
                 roles[role].append(cid)
+                shifts[cid] = round(anatomy.get("scanner_shift", 0.0), 4)
+    if scanner_shift > 0:  # which scanner imaged each case: the demo reports Dice by scanner distance
+        with open(os.path.join(folder, SCANNERS_FILE), "w") as f:
+            json.dump(shifts, f, indent=1)
     num_training = len(roles["labeled"]) + (len(roles["unlabeled"]) if unlabeled_as_training_cases else 0)
     # without lesions the class is left out of the dataset (nnU-Net would otherwise learn an empty class)
     labels = LABELS if lesion_probability > 0 else {k: v for k, v in LABELS.items() if k != "lesion"}
