@@ -122,8 +122,8 @@ def seen_by_scanner(anatomy: Dict, shift: float) -> Dict:
     """The same anatomy imaged by a scanner ``shift`` (0 = the labeled patients' scanner, 1 = the farthest one)
     away: the wall (at the labeled scanner SCANNER_WALL +- 0.01 whatever the patient) darkens towards the
     surrounding tissue's brightness (at shift 1 its contrast to the tissue is 0.08 instead of 0.23), the cavity
-    darkens, noise and bias field grow. nnU-Net's
-    augmentation (brightness, contrast, gamma, noise) does not turn one of these appearances into another.
+    darkens, noise and bias field grow. nnU-Net's augmentation (brightness, contrast, gamma, noise) does not
+    turn one of these appearances into another.
     """
     e = SCANNER_EFFECT
     seen = dict(anatomy)
