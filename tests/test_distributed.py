@@ -49,6 +49,10 @@ def _worker(rank, world, port, result_file):
     flat = lambda m: torch.cat([p.detach().flatten() for p in m.parameters()])  # noqa: E731
     torch.save({"teacher": flat(teacher.model), "head": flat(head), "keys": keys,
                 "distributed": is_distributed()}, f"{result_file}.{rank}")
+    # teardown: both ranks done with every collective, and DDP's reducer gone, before the group is destroyed
+    # (a fresh-clone suite once aborted here: "terminate called without an active exception", SIGABRT in rank 0)
+    dist.barrier()
+    del student
     dist.destroy_process_group()
 
 
