@@ -57,7 +57,8 @@ def test_scanner_mode_keeps_anatomy_and_single_scanner_data_unchanged(tmp_path):
     labels_a, labels_b = _read(a, "labelsTr"), _read(b, "labelsTr")
     assert labels_a.keys() == labels_b.keys() and all(np.array_equal(labels_a[k], labels_b[k]) for k in labels_a)
     # the labeled images differ only in the wall's brightness (the scanner's instead of the patient's)
+    images_b = _read(b, "imagesTr")
     for name, image_a in _read(a, "imagesTr").items():
-        image_b = _read(b, "imagesTr")[name]
+        image_b = images_b[name]
         label = labels_a[name.replace("_0000", "")]
         assert np.allclose(image_a[label != sd.LABELS["wall"]], image_b[label != sd.LABELS["wall"]])

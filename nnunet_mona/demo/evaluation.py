@@ -71,13 +71,15 @@ def _clean(value) -> Optional[float]:
 
 def dice_row(summary: dict, class_names: Dict[int, str]) -> Dict[str, Optional[float]]:
     """{class name: Dice averaged over test cases, ..., 'mean': average over the foreground classes}."""
-    row = {}
-    for label, name in class_names.items():
-        row[name] = _clean(summary["mean"].get(str(label), {}).get("Dice"))
+    row = {name: _clean(summary["mean"].get(str(label), {}).get("Dice")) for label, name in class_names.items()}
+    return _with_foreground_mean(row)
+
+
+def _with_foreground_mean(row: Dict[str, Optional[float]]) -> Dict[str, Optional[float]]:
+    """``row`` plus 'mean': the average of its defined classes (nnU-Net's foreground_mean is NaN as soon as one
+    class is NaN everywhere; we average the defined ones)."""
     present = [v for v in row.values() if v is not None]
-    # nnU-Net's foreground_mean is NaN as soon as one class is NaN everywhere; we average the defined ones
-    row["mean"] = round(sum(present) / len(present), 4) if present else None
-    return row
+    return {**row, "mean": round(sum(present) / len(present), 4) if present else None}
 
 
 def dice_rows_by_group(summary: dict, class_names: Dict[int, str], groups: Dict[str, List[str]],
@@ -94,9 +96,7 @@ def dice_rows_by_group(summary: dict, class_names: Dict[int, str], groups: Dict[
             values = [by_case[c].get(str(label), {}).get("Dice") for c in cases if c in by_case]
             values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
             per_class[name] = round(sum(values) / len(values), 4) if values else None
-        present = [v for v in per_class.values() if v is not None]
-        per_class["mean"] = round(sum(present) / len(present), 4) if present else None
-        rows[group] = per_class
+        rows[group] = _with_foreground_mean(per_class)
     return rows
 
 
