@@ -90,12 +90,13 @@ def test_preset_fills_only_unset_options():
     used = apply_preset(args)
     assert (args.epochs, args.disable_tta, args.labeled) == (5, False, [1])  # explicit flags win
     p = PRESETS["acdc_cpu"]
-    assert (args.d, args.batch_size, args.iterations, args.device, args.seed) == \
-        (p["d"], 8, 50, "cpu", 0) and args.trainers == p["trainers"]
+    assert (args.d, args.batch_size, args.iterations, args.val_iterations, args.device, args.seed) == \
+        (p["d"], 8, 50, 5, "cpu", 0) and args.trainers == p["trainers"]
     assert "epochs" not in used and "batch_size" in used
     plain = build_parser().parse_args(["-d", "5", "--epochs", "1", "--iterations", "2"])
     apply_preset(plain)
-    assert (plain.batch_size, plain.seed, plain.disable_tta, plain.labeled) == (None, None, False, [1, 3, 7])
+    assert (plain.batch_size, plain.seed, plain.val_iterations, plain.disable_tta, plain.labeled) == \
+        (None, None, None, False, [1, 3, 7])
     check_dataset_for_preset("acdc_cpu", "Dataset027_ACDC", {"inplane_downsample": 2}, ["RV", "MYO", "LV"])
 
 

@@ -82,6 +82,9 @@ def synthesize_case(rng: np.random.Generator, anatomy: Dict, frame_scale: float,
     return image, label
 
 
+WALL_BRIGHTNESS_RANGE = (0.5, 0.6)  # a patient's own wall brightness (uniform draw)
+
+
 def sample_anatomy(rng: np.random.Generator, size: Sequence[int], lesion_probability: float) -> Dict:
     h, w = size
     radii = (rng.uniform(0.14, 0.24) * h, rng.uniform(0.14, 0.24) * w)
@@ -100,7 +103,7 @@ def sample_anatomy(rng: np.random.Generator, size: Sequence[int], lesion_probabi
         "center": center, "radii": radii, "angle": rng.uniform(0, np.pi),
         "wobble": rng.uniform(0.0, 0.15), "lobes": int(rng.integers(2, 5)), "phase": rng.uniform(0, 2 * np.pi),
         "wall_thickness": wall_thickness, "lesion": lesion, "distractors": distractors,
-        "intensity": {"cavity": rng.uniform(0.8, 0.95), "wall": rng.uniform(0.5, 0.6),
+        "intensity": {"cavity": rng.uniform(0.8, 0.95), "wall": rng.uniform(*WALL_BRIGHTNESS_RANGE),
                       "lesion": rng.uniform(1.05, 1.25)},
         "noise": rng.uniform(0.05, 0.1),
     }
@@ -128,7 +131,8 @@ def seen_by_scanner(anatomy: Dict, shift: float) -> Dict:
     e = SCANNER_EFFECT
     seen = dict(anatomy)
     seen["intensity"] = dict(anatomy["intensity"])
-    own_wall = SCANNER_WALL + SCANNER_WALL_JITTER * (anatomy["intensity"]["wall"] - 0.55)  # 0.55: the draw's centre
+    own_deviation = anatomy["intensity"]["wall"] - sum(WALL_BRIGHTNESS_RANGE) / 2
+    own_wall = SCANNER_WALL + SCANNER_WALL_JITTER * own_deviation
     seen["intensity"]["wall"] = own_wall + e["wall"] * shift
     seen["intensity"]["cavity"] = anatomy["intensity"]["cavity"] + e["cavity"] * shift
     seen["noise"] = anatomy["noise"] + e["noise"] * shift

@@ -66,22 +66,12 @@ def _as_flat(student_emb, teacher_emb, labels, teacher_probs, reliable_mask, unr
         unreliable_mask.reshape(-1)
 
 
-def _gather_rows(sources: List[Tuple[torch.Tensor, Optional[torch.Tensor]]], flat_idx: torch.Tensor,
-                 dim: int, device) -> torch.Tensor:
-    """Rows of the virtual concatenation of ``sources`` (each (table, row index or None)) at ``flat_idx``."""
-    sizes = torch.tensor([len(t) if rows is None else len(rows) for t, rows in sources], device=flat_idx.device)
-    offsets = torch.cumsum(sizes, 0) - sizes
-    source_id = torch.bucketize(flat_idx, torch.cumsum(sizes, 0), right=True)
-    out = torch.empty(flat_idx.numel(), dim, device=device, dtype=torch.float32)
-    for s, (table, rows) in enumerate(sources):
-        pick = source_id == s
-        if not pick.any():
-            continue
-        local = flat_idx[pick] - offsets[s]
-        if rows is not None:
-            local = rows[local.to(rows.device)]
-        out[pick.to(device)] = table[local.to(table.device)].to(device=device, dtype=torch.float32)
-    return out
+def _pool_rows(sources: List[Tuple[torch.Tensor, Optional[torch.Tensor]]], device) -> torch.Tensor:
+    """(P, D) fp32: the rows of ``sources`` (each (table (n, D), row index or None = all rows)) concatenated in
+    order, i.e. the pool that a flat index in [0, P) refers to."""
+    parts = [(table if rows is None else table[rows.to(table.device)]).to(device=device, dtype=torch.float32)
+             for table, rows in sources]
+    return torch.cat(parts, 0)
 
 
 def _pool_size(sources) -> int:
@@ -105,25 +95,29 @@ def _negative_pools_by_class(c, bank_rows, t_emb, labels, probs, unreliable, neg
 
 
 def _hard_negatives(c, pools, anchor_candidates, num_classes, temperature, n, draw, generator, dim, device):
-    """(n, D) negatives for query class c drawn class-first from the class-relation distribution.
+    """(n, D) unit negatives for query class c drawn class-first from the class-relation distribution.
 
-    Returns (negatives (n, D) fp32, relation (C,) probabilities, counts (C,) long drawn per class)."""
+    Returns (negatives (n, D) fp32, unit rows, relation (C,) probabilities, counts (C,) long drawn per class)."""
     prototypes = torch.zeros(num_classes, dim, device=device)
     available = torch.zeros(num_classes, dtype=torch.bool, device=device)
+    rows = {v: _pool_rows(pools[v], device) for v in sorted(pools)}
     for v in range(num_classes):
         if v in anchor_candidates:
             prototypes[v] = anchor_candidates[v][1]
-        elif v in pools:
-            size = _pool_size(pools[v])
-            prototypes[v] = _gather_rows(pools[v], torch.arange(size, device=device), dim, device).mean(0)
-        available[v] = v in pools
+        elif v in rows:
+            prototypes[v] = rows[v].mean(0)
+        available[v] = v in rows
     relation = class_relation_probabilities(prototypes, available, temperature)[c]
     classes = sample_negative_classes(relation, n, generator).to(device)
-    local = draw_within_classes(classes, {v: _pool_size(p) for v, p in pools.items()}, draw, generator)
-    negatives = torch.empty(n, dim, device=device, dtype=torch.float32)
-    for v in torch.unique(classes).tolist():
-        slots = classes == v
-        negatives[slots] = _gather_rows(pools[v], local[slots], dim, device)
+    local = draw_within_classes(classes, {v: len(r) for v, r in rows.items()}, draw, generator)
+    # one normalised pool of all classes; a class's draws are offset to its block
+    offsets = torch.zeros(num_classes, dtype=torch.long, device=device)
+    start = 0
+    for v, r in rows.items():
+        offsets[v] = start
+        start += len(r)
+    pool = F.normalize(torch.cat(list(rows.values()), 0), dim=1)
+    negatives = pool.index_select(0, local.to(device) + offsets[classes])
     return negatives, relation, torch.bincount(classes, minlength=num_classes)
 
 
@@ -248,14 +242,16 @@ def anatomical_contrast_loss(student_emb: torch.Tensor, teacher_emb: torch.Tenso
         anchor_idx = cand[draw(cand.numel(), num_queries, generator=generator).to(cand.device)]
         if class_relation_temperature is None:
             neg_idx = draw(n_neg_total, num_queries * num_negatives, generator=generator).to(device)
-            negatives = _gather_rows(sources, neg_idx, dim, device)
+            # normalise the pool (P rows) once, then pick: the drawn negatives (num_queries * num_negatives,
+            # 131 072 at MONA's sizes) outnumber the pool's rows several times (ACDC CPU protocol: P ~ 20 000)
+            negatives = F.normalize(_pool_rows(sources, device), dim=1).index_select(0, neg_idx)
         else:
             negatives, relation, counts = _hard_negatives(c, pools, anchor_candidates, num_classes,
                                                           class_relation_temperature,
                                                           num_queries * num_negatives, draw, generator, dim, device)
             diag["relation_probs"][c], diag["negative_class_counts"][c] = relation, counts
         anchors = F.normalize(s_emb[anchor_idx], dim=1)
-        negatives = F.normalize(negatives, dim=1).view(num_queries, num_negatives, dim)
+        negatives = negatives.view(num_queries, num_negatives, dim)
         positive = F.normalize(prototype, dim=0)
         logits = torch.cat([(anchors @ positive)[:, None], torch.einsum("qd,qkd->qk", anchors, negatives)], 1)
         loss_c = F.cross_entropy(logits / temperature, torch.zeros(num_queries, dtype=torch.long, device=device))
