@@ -156,6 +156,26 @@ def test_contrast_is_lower_for_class_separated_embeddings():
     assert abs(float(separated.detach()) - np.log(1 + 128 * np.exp(-1 / 0.5))) < 0.1
 
 
+@pytest.mark.parametrize("action_options", [{}, {"class_relation_temperature": 0.5}])
+def test_contrast_depends_on_cosines_only(action_options):
+    """Rescaling every student row and bank row by its own positive factor and the teacher map by one factor (a
+    prototype is the mean of raw teacher rows) changes no logit: anchors, positives and the negatives drawn from
+    batch and banks are all compared by cosine (same draws, same loss)."""
+    emb, labels, probs, rel, unrel = contrast_batch(separated=False)
+    bank_rows, bank_labels = torch.randn(90, 16, generator=gen(1)), torch.randint(0, 3, (90,), generator=gen(2))
+    scale = lambda x, seed: x * (0.1 + 10 * torch.rand(len(x), 1, generator=gen(seed)))  # noqa: E731
+    losses = []
+    for rescaled in (False, True):
+        bank = ClassMemoryBank(3, 16, capacity=30, background_capacity=None, store_fp16=False)
+        bank.enqueue(scale(bank_rows, 3) if rescaled else bank_rows, bank_labels)
+        student = (scale(emb, 4) if rescaled else emb.clone()).requires_grad_(True)
+        teacher = 7 * emb if rescaled else emb
+        loss = anatomical_contrast_loss(student, teacher, labels, probs, rel, unrel, bank, num_queries=64,
+                                        num_negatives=128, generator=gen(0), **action_options)[0]
+        losses.append(float(loss))
+    assert losses[0] > 1.0 and losses[1] == pytest.approx(losses[0], rel=1e-4)
+
+
 def test_contrast_negatives_come_from_other_classes_only():
     """Bank entries of class c are never negatives for class c: filling bank 0 with copies of class-0
     embeddings leaves the class-0 loss unchanged, while the same vectors stored under class 1 raise it."""
