@@ -145,3 +145,22 @@ def test_seeds_script_refuses_bad_input_with_a_message(tmp_path):
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 2 and message in out.stderr, (name, out.returncode, out.stderr)
     assert not (tmp_path / "work").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("jobs_file", sorted(f for f in os.listdir(DEVICE) if f.startswith("acdc_seeds_jobs")))
+def test_jobs_files_name_known_trainers(jobs_file):
+    """Every line of a device jobs file is 'TAG TRAINER LABELED SEED [SETTINGS_JSON]' with a trainer this package
+    has (or SelfTraining), 1 or 3 labeled, an integer seed, unique tags: a typo would cost device minutes."""
+    from nnunet_mona import trainers
+    tags = []
+    with open(os.path.join(DEVICE, jobs_file)) as f:
+        for line in f:
+            if not line.strip() or line.startswith("#"):
+                continue
+            tag, trainer, labeled, seed, *settings = line.split(maxsplit=4)
+            assert trainer == "SelfTraining" or hasattr(trainers, trainer), (jobs_file, line)
+            assert labeled in ("1", "3") and seed.isdigit(), (jobs_file, line)
+            if settings:
+                assert isinstance(json.loads(settings[0]), dict), (jobs_file, line)
+            tags.append(tag)
+    assert tags and len(tags) == len(set(tags)), jobs_file

@@ -4,7 +4,7 @@ from nnunet_mona.trainers.mean_teacher import (nnUNetTrainerMeanTeacher, nnUNetT
                                              nnUNetTrainerMeanTeacher_classBalanced)
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 from nnunet_mona.trainers.mona import nnUNetTrainerMONA
-from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix,
+from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix, nnUNetTrainerMONA_contrast01,
                                                nnUNetTrainerMONA_cutout, nnUNetTrainerMONA_noContrast,
                                                nnUNetTrainerMONA_noEquivariance, nnUNetTrainerMONA_noNN,
                                                nnUNetTrainerMONA_paperRecipe,
@@ -20,7 +20,7 @@ __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerM
            "nnUNetTrainerMONA_noContrast",
            "nnUNetTrainerMONA_noNN", "nnUNetTrainerMONA_noEquivariance", "nnUNetTrainerMONA_stratified",
            "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",
-           "nnUNetTrainerMONA_paperRecipe",
+           "nnUNetTrainerMONA_paperRecipe", "nnUNetTrainerMONA_contrast01",
            "nnUNetTrainerMixCLPretrain",
            "nnUNetTrainerMONAPretrain", "nnUNetTrainerACTIONPretrainEncoder", "nnUNetTrainerACTIONPretrain",
            "nnUNetTrainerACTION", "nnUNetTrainerACTION_noHardNegatives", "nnUNetTrainerACTION_noHardQueries"]

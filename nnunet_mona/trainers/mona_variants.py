@@ -52,3 +52,10 @@ class nnUNetTrainerMONA_paperRecipe(nnUNetTrainerMONA):
     nn_gradient_to_network = True
     loss_weights = {"unsup": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 1.0}
     loss_term_names = ("unsup", "contrast", "nn", "eqv", "confident_fraction")
+
+
+class nnUNetTrainerMONA_contrast01(nnUNetTrainerMONA):
+    """Anatomical contrast at weight 0.1 instead of 0.01 (issue #11 ablation). ACDC at quarter resolution, 3
+    labeled patients, 20 x 50 iterations, seed 0, val volumes: 62.7 mean Dice vs 58.0 at 0.01 (Mean Teacher
+    62.9, plain nnU-Net 53.0); one seed, not yet measured at half resolution or with seeds."""
+    loss_weights = {**nnUNetTrainerMONA.loss_weights, "contrast": 0.1}
