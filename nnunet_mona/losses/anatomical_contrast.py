@@ -97,7 +97,7 @@ def _negative_pools_by_class(c, bank_rows, t_emb, labels, probs, unreliable, neg
 def _hard_negatives(c, pools, anchor_candidates, num_classes, temperature, n, draw, generator, dim, device):
     """(n, D) unit negatives for query class c drawn class-first from the class-relation distribution.
 
-    Returns (negatives (n, D) fp32, unit rows, relation (C,) probabilities, counts (C,) long drawn per class)."""
+    Returns (negatives (n, D) fp32 unit rows, relation (C,) probabilities, counts (C,) long drawn per class)."""
     prototypes = torch.zeros(num_classes, dim, device=device)
     available = torch.zeros(num_classes, dtype=torch.bool, device=device)
     rows = {v: _pool_rows(pools[v], device) for v in sorted(pools)}
