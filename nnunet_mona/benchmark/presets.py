@@ -7,7 +7,8 @@ before any work (planning, preprocessing, training).
 in-plane resolution (``nnUNetv2_mona_convert_acdc_h5 -i ACDC -d 27 --downsample 2``; 2d plans patch 128 x 112),
 plans batch 8, 3 labeled patients (``--labeled 1`` is the second setting), plain nnU-Net, Mean Teacher and MONA,
 20 epochs x 50 iterations (5 validation iterations per epoch: nnU-Net's pseudo-Dice is only a progress signal
-here, its 50 would cost minutes per training), seed 0, CPU, prediction without mirroring, evaluated on the 20 val volumes.
+here, its 50 would cost minutes per training), seed 0, CPU, prediction without mirroring, evaluated on the 20 val
+volumes.
 """
 from typing import Dict, List
 
@@ -29,7 +30,8 @@ CONVERT_HINT = {"acdc_cpu": "nnUNetv2_mona_convert_acdc_h5 -i ACDC -d 27 --downs
 # defaults of the options a preset may set (None: decided later, e.g. --device by torch.cuda.is_available())
 DEFAULTS = {"labeled": [1, 3, 7],
             "trainers": ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"],
-            "epochs": None, "iterations": None, "val_iterations": None, "device": None, "disable_tta": False, "seed": None,
+            "epochs": None, "iterations": None, "val_iterations": None, "device": None, "disable_tta": False,
+            "seed": None,
             "batch_size": None, "d": None}
 
 

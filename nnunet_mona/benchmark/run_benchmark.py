@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="a named protocol that fills every option not given on the command line: acdc_cpu = "
                              "the CPU-scale ACDC protocol (-d 27 converted with --downsample 2, --batch_size 8, "
-                             "--labeled 3, plain nnU-Net / Mean Teacher / MONA, --epochs 20 --iterations 50 --val_iterations 5, "
+                             "--labeled 3, plain nnU-Net / Mean Teacher / MONA, --epochs 20 --iterations 50 "
+                             "--val_iterations 5, "
                              "--device cpu --disable_tta --seed 0); refused for a dataset it does not fit")
     parser.add_argument("--labeled", type=int, nargs="+", default=None,
                         help="labeled patient counts N; each needs a split file (see --splits_pattern). Default: 1 3 7")

@@ -227,7 +227,7 @@ def anatomical_contrast_loss(student_emb: torch.Tensor, teacher_emb: torch.Tenso
             batch_neg = torch.nonzero(unreliable & (labels != c) & (probs[:, c] < negative_threshold)).flatten()
             if batch_neg.numel():
                 sources.append((t_emb, batch_neg))
-            n_neg_total = sum(len(t) if r is None else len(r) for t, r in sources)
+            n_neg_total = _pool_size(sources)
         else:  # ACTION: the same candidates, one pool per class v
             pools = _negative_pools_by_class(c, bank_rows, t_emb, labels, probs, unreliable, negative_threshold,
                                              num_classes)

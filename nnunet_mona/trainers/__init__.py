@@ -4,7 +4,8 @@ from nnunet_mona.trainers.mean_teacher import (nnUNetTrainerMeanTeacher, nnUNetT
                                              nnUNetTrainerMeanTeacher_classBalanced)
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 from nnunet_mona.trainers.mona import nnUNetTrainerMONA
-from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix, nnUNetTrainerMONA_contrast01,
+from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix,
+                                               nnUNetTrainerMONA_contrast01,
                                                nnUNetTrainerMONA_cutout, nnUNetTrainerMONA_noContrast,
                                                nnUNetTrainerMONA_noEquivariance, nnUNetTrainerMONA_noNN,
                                                nnUNetTrainerMONA_paperRecipe,
