@@ -69,16 +69,19 @@ def _raw_dataset(raw: str, dataset_id: int, labels: dict, **extra) -> None:
 ACDC_LABELS = {"background": 0, "RV": 1, "MYO": 2, "LV": 3}
 
 
-@pytest.mark.parametrize("dataset_id, labels, extra, message", [
-    (981, {"background": 0, "cavity": 1, "wall": 2, "lesion": 3}, {"inplane_downsample": 2}, "not ACDC's RV, MYO, LV"),
-    (982, ACDC_LABELS, {}, "inplane_downsample 1, the preset needs 2"),
+@pytest.mark.parametrize("preset, dataset_id, labels, extra, message", [
+    ("acdc_cpu", 981, {"background": 0, "cavity": 1, "wall": 2, "lesion": 3}, {"inplane_downsample": 2},
+     "not ACDC's RV, MYO, LV"),
+    ("acdc_cpu", 982, ACDC_LABELS, {}, "inplane_downsample 1, the preset needs 2"),
+    ("acdc_cpu_quarter", 983, ACDC_LABELS, {"inplane_downsample": 2}, "inplane_downsample 2, the preset needs 4.*"
+                                                                       "--downsample 4"),
 ])
-def test_preset_refuses_a_dataset_it_does_not_fit(nnunet_dirs, tmp_path, dataset_id, labels, extra, message):
+def test_preset_refuses_a_dataset_it_does_not_fit(nnunet_dirs, tmp_path, preset, dataset_id, labels, extra, message):
     from nnunet_mona.benchmark.run_benchmark import build_parser, run
     _raw_dataset(nnunet_dirs["raw"], dataset_id, labels, **extra)
     out = tmp_path / "out"
     with pytest.raises(BenchmarkError, match=message):
-        run(build_parser().parse_args(["--preset", "acdc_cpu", "-d", str(dataset_id), "-o", str(out)]))
+        run(build_parser().parse_args(["--preset", preset, "-d", str(dataset_id), "-o", str(out)]))
     assert not out.exists()
 
 
@@ -98,6 +101,20 @@ def test_preset_fills_only_unset_options():
     assert (plain.batch_size, plain.seed, plain.val_iterations, plain.disable_tta, plain.labeled) == \
         (None, None, None, False, [1, 3, 7])
     check_dataset_for_preset("acdc_cpu", "Dataset027_ACDC", {"inplane_downsample": 2}, ["RV", "MYO", "LV"])
+
+
+def test_quarter_preset_is_the_cpu_protocol_at_quarter_resolution_with_self_training():
+    from nnunet_mona.benchmark.presets import PRESETS, apply_preset, check_dataset_for_preset
+    from nnunet_mona.benchmark.run_benchmark import build_parser
+    args = build_parser().parse_args(["--preset", "acdc_cpu_quarter"])
+    apply_preset(args)
+    half = PRESETS["acdc_cpu"]
+    assert args.d == "28" and args.trainers == ["nnUNetTrainerBudget", "SelfTraining", "nnUNetTrainerMeanTeacher",
+                                                "nnUNetTrainerMONA"]
+    assert (args.batch_size, args.labeled, args.epochs, args.iterations, args.val_iterations, args.device,
+            args.disable_tta, args.seed) == tuple(half[k] for k in ("batch_size", "labeled", "epochs", "iterations",
+                                                                     "val_iterations", "device", "disable_tta", "seed"))
+    check_dataset_for_preset("acdc_cpu_quarter", "Dataset028_ACDC", {"inplane_downsample": 4}, ["RV", "MYO", "LV"])
 
 
 # ------------------------------------------------------------------------------------------------ protocol guard
