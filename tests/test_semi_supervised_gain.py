@@ -10,6 +10,7 @@ augmentation, seeded: repeatable), nnUNetv2_predict, nnU-Net's compute_metrics.
 """
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict
 
 import pytest
@@ -27,6 +28,11 @@ from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
 # 79.1, Mean Teacher 81.6; seed 2 plain 80.5 / 82.3, Mean Teacher 85.5 / 84.5, weights 0 83.1 / 83.5 (there the
 # labeled-only run of the Mean Teacher trainer itself beats plain: not used). At 10 x 25 iterations Mean Teacher
 # lost on data seed 1 (76.8 vs 79.3): the budget is the smallest that held. Runs ~6 minutes on 2 cores.
+# Session 12, another 2-core machine (AMD EPYC), the three runs at once (/work/exp/gaincheck/check.py), data seed 0,
+# training seeds 0 / 1 / 2: plain 86.4 / 86.4 / 86.6, Mean Teacher 89.4 / 88.6 / 87.5, weights 0 86.0 / 85.8 / 86.4:
+# seeds 0 and 1 pass, seed 2 misses the 1-point bar by 0.1 (+0.9). Running the runs one after another gave the same
+# numbers to 0.01 (seed 2: 86.55 / 87.46): each run is deterministic whatever runs beside it; the machine, not the
+# parallelism, moved them from the session-10 numbers above. This file uses training seed 0 (+3.0 here). ~4 min.
 GAIN_ID = 986  # unique among the tests: they share one nnUNet_raw per session
 NAME = "MonaGain"
 SCENARIO = dict(n_labeled_patients=2, n_unlabeled_patients=16, n_test_patients=6, n_slices=2, size=(48, 48),
@@ -75,8 +81,12 @@ def scores(nnunet_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("gain")
     runs = {"plain": ("nnUNetTrainerBudget", {}), "mean_teacher": ("nnUNetTrainerMeanTeacher", {}),
             "unsupervised_off": ("nnUNetTrainerMeanTeacher", {"nnUNet_mona_loss_weights": UNSUPERVISED_OFF})}
-    out = {tag: train_predict_score(trainer, str(root / f"results_{tag}"), str(root / f"pred_{tag}"), env)
-           for tag, (trainer, env) in runs.items()}
+    # the three runs at once: each is mostly single-threaded Python (in-process augmentation of tiny patches), so on
+    # 2 cores this halves the wall time (239-260 s against ~8 min); each run is seeded and deterministic on its own
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        futures = {tag: pool.submit(train_predict_score, trainer, str(root / f"results_{tag}"),
+                                    str(root / f"pred_{tag}"), env) for tag, (trainer, env) in runs.items()}
+        out = {tag: future.result() for tag, future in futures.items()}
     print("\n" + "\n".join(f"{tag:18s} " + " ".join(f"{k} {v:.3f}" for k, v in row.items() if v is not None)
                            for tag, row in out.items()))
     return out
