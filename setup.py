@@ -24,7 +24,7 @@ setup(
         "matplotlib",
         "h5py",  # ACDC converter (SSL4MIS h5 format)
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_mona_env = nnunet_mona.cli:env_entry_point",
