@@ -25,6 +25,17 @@ SIMULATED_ID = 991  # unlabeled cases are training cases hidden by a split
 HIDDEN_LABEL_ID = 988  # as 991, and the unlabeled cases' preprocessed labels are moved away
 
 
+# the longest test files (minutes of nnU-Net trainings each, 2-core CPU) go first, so that with two test processes
+# (pytest.ini) neither is left running one of them alone at the end
+LONGEST_FIRST = ("test_semi_supervised_gain.py", "test_benchmark.py", "test_device_script.py",
+                 "test_mean_teacher_end_to_end.py", "test_benchmark_protocol.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 def run_cmd(cmd, timeout=900, env=None):
     """Run a command, fail the test with its output if it fails. Returns stdout+stderr."""
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,
