@@ -35,8 +35,6 @@ PRESETS["acdc_cpu_quarter"] = {
 # 'inplane_downsample' (written by the converters' --downsample; missing = 1)
 REQUIREMENTS: Dict[str, dict] = {"acdc_cpu": {"acdc_labels": True, "inplane_downsample": 2},
                                  "acdc_cpu_quarter": {"acdc_labels": True, "inplane_downsample": 4}}
-CONVERT_HINT = {"acdc_cpu": "nnUNetv2_mona_convert_acdc_h5 -i ACDC -d 27 --downsample 2",
-                "acdc_cpu_quarter": "nnUNetv2_mona_convert_acdc_h5 -i ACDC -d 28 --downsample 4"}
 
 # defaults of the options a preset may set (None: decided later, e.g. --device by torch.cuda.is_available())
 DEFAULTS = {"labeled": [1, 3, 7],
@@ -78,5 +76,6 @@ def check_dataset_for_preset(preset: str, dataset_name: str, dataset_json: dict,
                             f"{need['inplane_downsample']}")
     if problems:
         raise BenchmarkError(f"--preset {preset} does not fit {dataset_name}: " + "; ".join(problems) +
-                             f". Convert ACDC with `{CONVERT_HINT[preset]}` (and pass its dataset with -d), or drop "
+                             f". Convert ACDC with `nnUNetv2_mona_convert_acdc_h5 -i ACDC -d {PRESETS[preset]['d']} "
+                             f"--downsample {need['inplane_downsample']}` (and pass its dataset with -d), or drop "
                              f"--preset and give the options yourself.")
