@@ -148,6 +148,46 @@ def test_chain_specs_and_layout():
                 chain.train_log("nnUNetTrainerBudget")}) == 4
 
 
+def test_chain_first_stage_is_the_rows_training_and_a_newer_one_restarts_the_next_stage(tmp_path):
+    """A chain's first stage trains in (or reuses) the folder of that trainer's own row; a later stage older than the
+    checkpoint it started from is trained again; a chain folder with its own finished first stage keeps it."""
+    from types import SimpleNamespace
+    from nnunet_mona.benchmark.layout import Layout
+    from nnunet_mona.benchmark.run_benchmark import Benchmark
+    lay = Layout(str(tmp_path), "Dataset1_X")
+    bench = Benchmark(SimpleNamespace(checkpoint="student"), lay, "", "", [], [1], ["A"])
+    calls = []
+    bench._train_stage = lambda n, paths, stage, pretrained, restart, prefix: calls.append(
+        (paths.fold_folder(stage), pretrained, restart, prefix)) or False
+    spec = "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher"
+    chain, plain = lay.run_paths(3, spec), lay.run_paths(3, "nnUNetTrainerBudget")
+    plain_final = os.path.join(plain.fold_folder("nnUNetTrainerBudget"), "checkpoint_final.pth")
+    mt_final = os.path.join(chain.fold_folder("nnUNetTrainerMeanTeacher"), "checkpoint_final.pth")
+
+    def touch(path, mtime):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+        os.utime(path, (mtime, mtime))
+
+    bench.train(3, chain, "[N=3]")
+    assert [c[0] for c in calls] == [plain.fold_folder("nnUNetTrainerBudget"), chain.fold_folder("nnUNetTrainerMeanTeacher")]
+    assert calls[1][1] == plain_final and not calls[1][2] and "(= its own row's training)" in calls[0][3]
+    touch(plain_final, 1000)
+    touch(mt_final, 2000)
+    calls.clear()
+    bench.train(3, chain, "[N=3]")
+    assert not calls[1][2]  # the MT stage is newer than the plain model it started from
+    touch(plain_final, 3000)  # the plain row was trained again after the chain
+    calls.clear()
+    bench.train(3, chain, "[N=3]")
+    assert calls[1][2]
+    own_first = os.path.join(chain.fold_folder("nnUNetTrainerBudget"), "checkpoint_final.pth")
+    touch(own_first, 500)  # a chain folder from before the sharing
+    calls.clear()
+    bench.train(3, chain, "[N=3]")
+    assert calls[0][0] == chain.fold_folder("nnUNetTrainerBudget") and calls[1][1] == own_first and not calls[1][2]
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 BENCH_ID = 997
 TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
@@ -231,13 +271,16 @@ def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
     assert time.time() - start < 150  # shared CI machines are slow
     assert json.load(open(os.path.join(output, "results.json")))["runs"] == runs
 
-    # a pretraining chain for one N: its own results folder; the plain nnUNetTrainerBudget row is not retrained
+    # a pretraining chain for one N: its own results folder, its first stage trained in the folder of that
+    # trainer's own row; the plain nnUNetTrainerBudget row is not retrained, and the chain
+    # nnUNetTrainerBudget+nnUNetTrainerMeanTeacher starts from that row's model instead of training it again
     chain = "nnUNetTrainerMixCLPretrain+nnUNetTrainerBudget"
+    warm = "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher"
     plain = os.path.join(output, "labeled_1", "nnUNet_results", f"Dataset{BENCH_ID}_MonaBenchmark",
                          "nnUNetTrainerBudget__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth")
     plain_mtime = os.path.getmtime(plain)
     cmd = _bench_cmd(output)
-    cmd[cmd.index("--labeled") + 1:cmd.index("--epochs")] = ["1", "--trainers", "nnUNetTrainerBudget", chain]
+    cmd[cmd.index("--labeled") + 1:cmd.index("--epochs")] = ["1", "--trainers", "nnUNetTrainerBudget", chain, warm]
     third = run_cmd(cmd, timeout=600, env=_bench_env())
     rows = {r["trainer"]: r for r in json.load(open(os.path.join(output, "results.json")))["runs"]}
     row = rows["nnUNetTrainerMixCLPretrain + nnUNetTrainerBudget"]
@@ -248,6 +291,11 @@ def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
     assert os.path.getmtime(plain) == plain_mtime and "[skip] training" in third
     assert [s["stage"] for s in row["train"]["stages"]] == chain.split("+")
     log = open(row["train_log"]).read()
-    pretrained = os.path.join(chain_root, f"Dataset{BENCH_ID}_MonaBenchmark",
+    pretrained = os.path.join(output, "labeled_1", "nnUNet_results", f"Dataset{BENCH_ID}_MonaBenchmark",
                               "nnUNetTrainerMixCLPretrain__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth")
     assert f"Loading pretrained weights from file  {pretrained}" in log, log[-3000:]
+    warm_row = rows["nnUNetTrainerBudget + nnUNetTrainerMeanTeacher"]
+    assert warm_row["status"] == "ok", (warm_row, third[-3000:])
+    assert f"Loading pretrained weights from file  {plain}" in open(warm_row["train_log"]).read()
+    assert "stage Budget (= its own row's training): [skip] training" in third
+    assert os.path.getmtime(plain) == plain_mtime

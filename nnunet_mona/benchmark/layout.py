@@ -16,8 +16,10 @@ Runs with different labeled counts N are kept apart by giving each N its own ``n
         metrics/T.json                         nnUNetv2_mona_evaluate output
         chains/A+B/                            a pretraining chain A+B (:mod:`nnunet_mona.benchmark.chains`): the
                                                same nnUNet_results / logs / records / predictions / metrics
-                                               layout, one training per stage, kept apart from the rows that
-                                               train A or B alone (nnU-Net names its results folder by trainer)
+                                               layout for its later stages, kept apart from the rows that train
+                                               B alone (nnU-Net names its results folder by trainer); its first
+                                               stage A is the same training as A's own row and lives there
+                                               (labeled_N/nnUNet_results), trained once for both
         self_training/                         the SelfTraining row (:mod:`nnunet_mona.benchmark.self_training`):
                                                its own nnUNet_preprocessed (pseudo-labels) and the same layout;
                                                its first model is the plain row's (labeled_N/nnUNet_results)

@@ -86,13 +86,33 @@ class Benchmark:
         with self._lock:
             self.steps_run.append(step)
 
+    def stage_paths(self, n: int, paths: RunPaths, index: int) -> RunPaths:
+        """Where stage ``index`` of a row trains. A chain's first stage is the same training as the row of that
+        trainer alone (same data, budget and seed), so it is trained once, in that row's folder, and shared (e.g.
+        ``nnUNetTrainerBudget+nnUNetTrainerMeanTeacher`` starts from the plain row's model). A chain folder from
+        before this sharing keeps using its own finished first stage."""
+        if index > 0 or not is_chain(paths.spec):
+            return paths
+        first = paths.stages[0]
+        if os.path.isfile(os.path.join(paths.fold_folder(first), "checkpoint_final.pth")):
+            return paths
+        return self.layout.run_paths(n, first)
+
     def train(self, n: int, paths: RunPaths, prefix: str) -> None:
-        """Train every stage of the row in order; a stage whose predecessor was (re)trained now starts over."""
+        """Train every stage of the row in order; a stage whose predecessor was (re)trained, or is newer than it
+        (a shared first stage retrained by another run), starts over."""
         previous, redo = None, False
-        for stage in paths.stages:
-            pretrained = os.path.join(paths.fold_folder(previous), "checkpoint_final.pth") if previous else None
-            redo = self.train_stage(n, paths, stage, pretrained, redo, prefix)
-            previous = stage
+        for index, stage in enumerate(paths.stages):
+            where = self.stage_paths(n, paths, index)
+            final = os.path.join(where.fold_folder(stage), "checkpoint_final.pth")
+            if previous and os.path.isfile(final) and os.path.getmtime(final) < os.path.getmtime(previous):
+                redo = True
+            label = prefix
+            if is_chain(paths.spec):
+                shared = " (= its own row's training)" if where is not paths else ""
+                label = f"{prefix} stage {stage.replace('nnUNetTrainer', '') or stage}{shared}:"
+            redo = self.train_stage(n, where, stage, previous, redo, label)
+            previous = final
 
     def train_stage(self, n: int, paths: RunPaths, stage: str, pretrained: Optional[str], restart: bool,
                     prefix: str) -> bool:
@@ -109,8 +129,6 @@ class Benchmark:
                      prefix: str) -> bool:
         a = self.args
         fold_folder = paths.fold_folder(stage)
-        if paths.spec != stage:
-            prefix = f"{prefix} stage {stage.replace('nnUNetTrainer', '') or stage}:"
         if restart and os.path.isdir(fold_folder):
             say(f"{prefix} the previous stage was retrained: training this stage again from its new weights")
             shutil.rmtree(fold_folder)
@@ -192,12 +210,13 @@ class Benchmark:
                 "note": "no record of the training process; timing from the checkpoint",
                 **epoch_timing(final, self.args.iterations)}
 
-    def train_record(self, paths: RunPaths) -> dict:
+    def train_record(self, n: int, paths: RunPaths) -> dict:
         """The final stage's record; for a chain with ``stages`` (every stage's record), the wall time summed over
         the stages and the largest peak GPU memory of any stage."""
         if len(paths.stages) == 1:
             return self.stage_record(paths, paths.final)
-        records = [dict(self.stage_record(paths, stage), stage=stage) for stage in paths.stages]
+        records = [dict(self.stage_record(self.stage_paths(n, paths, i), stage), stage=stage)
+                   for i, stage in enumerate(paths.stages)]
         walls = [r.get("wall_seconds_this_segment") for r in records]
         peaks = [r.get("peak_gpu_memory_bytes") for r in records if r.get("peak_gpu_memory_bytes") is not None]
         return dict(records[-1], stages=records, final_stage_wall_seconds=walls[-1],
@@ -268,7 +287,7 @@ class Benchmark:
                 run["train"] = self.self_training_record(n, paths)
             else:
                 self.train(n, paths, prefix)
-                run["train"] = self.train_record(paths)
+                run["train"] = self.train_record(n, paths)
             self.predict(n, paths, prefix)
             run["predict"] = _load_json(paths.predict_record)
             result = self.evaluate(paths, prefix)
