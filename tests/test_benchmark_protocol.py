@@ -103,14 +103,14 @@ def test_preset_fills_only_unset_options():
     check_dataset_for_preset("acdc_cpu", "Dataset027_ACDC", {"inplane_downsample": 2}, ["RV", "MYO", "LV"])
 
 
-def test_quarter_preset_is_the_cpu_protocol_at_quarter_resolution_with_self_training():
+def test_quarter_preset_is_the_cpu_protocol_at_quarter_resolution_with_self_training_and_warm_started_mt():
     from nnunet_mona.benchmark.presets import PRESETS, apply_preset, check_dataset_for_preset
     from nnunet_mona.benchmark.run_benchmark import build_parser
     args = build_parser().parse_args(["--preset", "acdc_cpu_quarter"])
     apply_preset(args)
     half = PRESETS["acdc_cpu"]
     assert args.d == "28" and args.trainers == ["nnUNetTrainerBudget", "SelfTraining", "nnUNetTrainerMeanTeacher",
-                                                "nnUNetTrainerMONA"]
+                                                "nnUNetTrainerMONA", "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher"]
     assert (args.batch_size, args.labeled, args.epochs, args.iterations, args.val_iterations, args.device,
             args.disable_tta, args.seed) == tuple(half[k] for k in ("batch_size", "labeled", "epochs", "iterations",
                                                                      "val_iterations", "device", "disable_tta", "seed"))

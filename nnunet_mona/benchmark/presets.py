@@ -12,8 +12,9 @@ volumes.
 
 ``acdc_cpu_quarter`` -- the same protocol at a quarter of the in-plane resolution (``nnUNetv2_mona_convert_acdc_h5 -i
 ACDC -d 28 --downsample 4``; 2d plans patch 64 x 56), sized to finish in 90 minutes on a slow 2-core CPU (where
-``acdc_cpu`` takes about 2.5 hours) with the self-training row added: plain nnU-Net, offline self-training, Mean
-Teacher and MONA.
+``acdc_cpu`` takes about 2.5 hours) with two rows added: offline self-training, and Mean Teacher started from the
+plain row's model (the chain ``nnUNetTrainerBudget+nnUNetTrainerMeanTeacher``: as self-training, two trainings, the
+first shared with the plain row). Rows: plain nnU-Net, self-training, Mean Teacher, MONA, plain -> Mean Teacher.
 """
 from typing import Dict, List
 
@@ -29,7 +30,8 @@ PRESETS: Dict[str, dict] = {
 }
 PRESETS["acdc_cpu_quarter"] = {
     **PRESETS["acdc_cpu"], "d": "28",
-    "trainers": ["nnUNetTrainerBudget", "SelfTraining", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"],
+    "trainers": ["nnUNetTrainerBudget", "SelfTraining", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA",
+                 "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher"],
 }
 # what the dataset of a preset must be: ACDC labels (RV, MYO, LV = 1, 2, 3) and this dataset.json
 # 'inplane_downsample' (written by the converters' --downsample; missing = 1)
