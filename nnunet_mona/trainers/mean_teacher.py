@@ -8,6 +8,11 @@ cross-entropy does not: random unlabeled patches are mostly background. The labe
 the plans' full batch (nnU-Net's own supervised signal per step is unchanged); the unlabeled
 patches come on top (half the plans' batch).
 
+Start it from a plain nnU-Net model (``-pretrained_weights <plain fold>/checkpoint_final.pth``; the teacher starts
+as a copy of the loaded student): its pseudo-labels then carry anatomy from the first epoch instead of mostly
+background. ACDC, quarter-resolution CPU protocol, 3 labeled patients, one seed: 72.7 mean Dice vs 61.9 from random
+weights, 53.4 plain nnU-Net, 58.4 offline self-training (README, Results).
+
 ``nnUNetTrainerMeanTeacher_MSE`` is the original soft consistency (softmax MSE, no mixing, no
 Dice, half + half batch).
 """
