@@ -55,8 +55,8 @@ def protocol_lines(results: dict) -> List[str]:
     ]
     if any(" + " in t for t in p["trainers"]):
         lines.append("- pretraining chains (A + B): every stage trains the budget above, starting from the previous "
-                     "stage's checkpoint_final.pth (the first stage is the training of that trainer's own row, shared); "
-                     "the last stage is evaluated; s/iteration of the last stage, "
+                     "stage's checkpoint_final.pth (the first stage is the training of that trainer's own row, "
+                     "shared); the last stage is evaluated; s/iteration of the last stage, "
                      "training wall time summed over the stages, peak GPU memory the largest of any stage")
     if p.get("preset"):
         lines.append(f"- preset {p['preset']} (set: {', '.join(p.get('preset_options') or []) or 'nothing'}; "

@@ -311,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "--labeled 3, plain nnU-Net / Mean Teacher / MONA, --epochs 20 --iterations 50 "
                              "--val_iterations 5, "
                              "--device cpu --disable_tta --seed 0); acdc_cpu_quarter = the same at a quarter of the "
-                             "resolution (-d 28 converted with --downsample 4) with the SelfTraining and nnUNetTrainerBudget+"
-                             "nnUNetTrainerMeanTeacher rows added; "
+                             "resolution (-d 28 converted with --downsample 4) with the SelfTraining and "
+                             "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher rows added; "
                              "refused for a dataset it does not fit")
     parser.add_argument("--labeled", type=int, nargs="+", default=None,
                         help="labeled patient counts N; each needs a split file (see --splits_pattern). Default: 1 3 7")
