@@ -122,6 +122,10 @@ class RunPaths:
         return os.path.join(self.results_root, lay.dataset_name, f"{stage}__{lay.plans}__{lay.configuration}",
                             f"fold_{lay.fold}")
 
+    def final_checkpoint(self, stage: str) -> str:
+        """The stage's ``checkpoint_final.pth`` (the student; written when its training finished)."""
+        return os.path.join(self.fold_folder(stage), CHECKPOINT_FILES["student"])
+
     def train_log(self, stage: str) -> str:
         return self._at("logs", f"train_{stage}.log")
 

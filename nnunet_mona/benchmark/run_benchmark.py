@@ -94,7 +94,7 @@ class Benchmark:
         if index > 0 or not is_chain(paths.spec):
             return paths
         first = paths.stages[0]
-        if os.path.isfile(os.path.join(paths.fold_folder(first), "checkpoint_final.pth")):
+        if os.path.isfile(paths.final_checkpoint(first)):
             return paths
         return self.layout.run_paths(n, first)
 
@@ -104,7 +104,7 @@ class Benchmark:
         previous, redo = None, False
         for index, stage in enumerate(paths.stages):
             where = self.stage_paths(n, paths, index)
-            final = os.path.join(where.fold_folder(stage), "checkpoint_final.pth")
+            final = where.final_checkpoint(stage)
             if previous and os.path.isfile(final) and os.path.getmtime(final) < os.path.getmtime(previous):
                 redo = True
             label = prefix
@@ -132,7 +132,7 @@ class Benchmark:
         if restart and os.path.isdir(fold_folder):
             say(f"{prefix} the previous stage was retrained: training this stage again from its new weights")
             shutil.rmtree(fold_folder)
-        if os.path.isfile(os.path.join(fold_folder, "checkpoint_final.pth")):
+        if os.path.isfile(paths.final_checkpoint(stage)):
             say(f"{prefix} [skip] training: checkpoint_final.pth exists")
             return False
         # anything predicted or evaluated before belongs to an older model (student and teacher)
@@ -165,7 +165,7 @@ class Benchmark:
         lay, a = self.layout, self.args
         plain = lay.run_paths(n, BASE_TRAINER)
         self.train_stage(n, plain, BASE_TRAINER, None, False, f"{prefix} plain model:")
-        model = os.path.join(plain.fold_folder(BASE_TRAINER), "checkpoint_final.pth")
+        model = plain.final_checkpoint(BASE_TRAINER)
         record = _load_json(paths.pseudo_label_record) if os.path.isfile(paths.pseudo_label_record) else {}
         fresh = record.get("model_mtime") == os.path.getmtime(model)
         if fresh:
@@ -205,7 +205,7 @@ class Benchmark:
         if os.path.isfile(path):
             return _load_json(path)
         from nnunet_mona.benchmark.train_and_measure import epoch_timing
-        final = os.path.join(paths.fold_folder(stage), "checkpoint_final.pth")
+        final = paths.final_checkpoint(stage)
         return {"peak_gpu_memory_bytes": None, "wall_seconds_this_segment": None,
                 "note": "no record of the training process; timing from the checkpoint",
                 **epoch_timing(final, self.args.iterations)}
