@@ -20,7 +20,6 @@ of plain nnU-Net). With ``torch.compile`` (default on CUDA) keep warm-up >= 3 so
 not timed.
 """
 import argparse
-import copy
 import gc
 import json
 import os
@@ -31,9 +30,9 @@ import time
 
 import numpy as np
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from batchgenerators.utilities.file_and_folder_operations import join
 
-from nnunet_mona.trainers.ready_trainer import find_trainer_class, finish_loaders, start_loaders
+from nnunet_mona.trainers.ready_trainer import finish_loaders, make_trainer, start_loaders
 
 
 def _sync(device: torch.device) -> None:
@@ -55,16 +54,10 @@ def _peak_resident_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _fresh(plans: dict) -> dict:
-    plans = copy.deepcopy(plans)
-    plans["continue_training"] = False
-    return plans
-
-
-def benchmark(trainer_name: str, plans: dict, configuration: str, fold, dataset_json: dict, device: torch.device,
-              warmup: int, iterations: int) -> dict:
-    trainer = find_trainer_class(trainer_name)(_fresh(plans), configuration, fold, dataset_json, device=device)
-    trainer.initialize()
+def benchmark(trainer_name: str, preprocessed_folder: str, plans_name: str, configuration: str, fold,
+              device: torch.device, warmup: int, iterations: int) -> dict:
+    trainer = make_trainer(trainer_name, preprocessed_folder, configuration, fold, device, plans_name=plans_name,
+                           seed=0)
     start_loaders(trainer)
     unlabeled = getattr(trainer, "unlabeled_batch_size", None) or 0
     _ = next(trainer.dataloader_train)  # loaders started, their buffers resident
@@ -139,13 +132,9 @@ def main(argv=None):
     configure_ext_trainer_in_process()
     dataset_name = maybe_convert_to_dataset_name(args.dataset)
     folder = join(nnUNet_preprocessed, dataset_name)
-    plans = load_json(join(folder, args.plans + ".json"))
-    dataset_json = load_json(join(folder, "dataset.json"))
     fold = args.fold if args.fold == "all" else int(args.fold)
     device = torch.device(args.device)
-    torch.manual_seed(0)
-
-    results = [benchmark(t, plans, args.configuration, fold, dataset_json, device, args.warmup, args.iterations)
+    results = [benchmark(t, folder, args.plans, args.configuration, fold, device, args.warmup, args.iterations)
                for t in args.trainers]
     for r in results:
         r["dataset"] = dataset_name

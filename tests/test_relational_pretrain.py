@@ -25,14 +25,8 @@ FOLD = "1"  # fold 0's nnUNetTrainerMONA output folder belongs to test_mona_trai
 
 
 def _make_trainer(pre, name="nnUNetTrainerMONAPretrain"):
-    from batchgenerators.utilities.file_and_folder_operations import load_json
-    import nnunet_mona.trainers as trainers
-    plans = load_json(os.path.join(pre, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    trainer = getattr(trainers, name)(plans, "2d", "all", load_json(os.path.join(pre, "dataset.json")),
-                                      device=torch.device("cpu"))
-    trainer.initialize()
-    return trainer
+    from nnunet_mona.trainers.ready_trainer import make_trainer
+    return make_trainer(name, pre, fold="all")
 
 
 def _fake_batches(trainer, seed=0):

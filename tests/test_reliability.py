@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from batchgenerators.utilities.file_and_folder_operations import join
 
 from conftest import run_cmd
 
@@ -103,14 +103,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(dataset):
 
 
 def _in_process_trainer(ds, fold=1):
-    from nnunet_mona.trainers import nnUNetTrainerMeanTeacher
-
-    pre = join(ds["preprocessed"], ds["name"])
-    plans = load_json(join(pre, "nnUNetPlans.json"))
-    plans["continue_training"] = False
-    trainer = nnUNetTrainerMeanTeacher(plans, "2d", fold, load_json(join(pre, "dataset.json")), torch.device("cpu"))
-    trainer.initialize()
-    return trainer
+    from nnunet_mona.trainers.ready_trainer import make_trainer
+    return make_trainer("nnUNetTrainerMeanTeacher", join(ds["preprocessed"], ds["name"]), fold=fold)
 
 
 def _fake_batches(trainer):

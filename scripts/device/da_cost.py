@@ -12,26 +12,20 @@ the limit: the device script uses it to choose ``nnUNet_n_proc_DA`` and the budg
 (scripts/device/size_budget.py). Prints one JSON line with ``--json``.
 """
 import argparse
-import copy
 import json
 import os
-import sys
 import time
 
 os.environ["nnUNet_n_proc_DA"] = "0"  # before nnU-Net reads it: single-threaded augmenters in this process
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmark_iteration import _finish_loaders, find_trainer_class  # noqa: E402
+from nnunet_mona.trainers.ready_trainer import finish_loaders, make_trainer, start_loaders  # noqa: E402
 
 
-def measure(trainer_name: str, plans: dict, dataset_json: dict, batches: int) -> dict:
-    plans = copy.deepcopy(plans)
-    plans["continue_training"] = False
-    trainer = find_trainer_class(trainer_name)(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
-    trainer.initialize()
-    trainer.dataloader_train, trainer.dataloader_val = trainer.get_dataloaders()
+def measure(trainer_name: str, preprocessed_folder: str, plans_name: str, batches: int) -> dict:
+    trainer = make_trainer(trainer_name, preprocessed_folder, fold=0, plans_name=plans_name)
+    start_loaders(trainer)
     unlabeled = getattr(trainer, "dataloader_unlabeled", None)
     try:
         times = []
@@ -43,7 +37,7 @@ def measure(trainer_name: str, plans: dict, dataset_json: dict, batches: int) ->
             if i:  # the first batch is untimed (caches, lazy imports)
                 times.append(time.perf_counter() - start)
     finally:
-        _finish_loaders(trainer)
+        finish_loaders(trainer)
     return {"trainer": trainer_name, "da_core_s": sum(times) / len(times), "batches": batches,
             "batch": f"{trainer.batch_size}+{getattr(trainer, 'unlabeled_batch_size', None) or 0}"}
 
@@ -57,14 +51,13 @@ def main(argv=None):
     parser.add_argument("--json", action="store_true", help="print the results as one JSON line")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from batchgenerators.utilities.file_and_folder_operations import join, load_json
+    from batchgenerators.utilities.file_and_folder_operations import join
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunet_mona.cli import configure_ext_trainer_in_process
     configure_ext_trainer_in_process()
     folder = join(nnUNet_preprocessed, maybe_convert_to_dataset_name(args.dataset))
-    plans, dataset_json = load_json(join(folder, args.plans + ".json")), load_json(join(folder, "dataset.json"))
-    results = [measure(t, plans, dataset_json, args.batches) for t in args.trainers]
+    results = [measure(t, folder, args.plans, args.batches) for t in args.trainers]
     if args.json:
         print(json.dumps(results))
     else:
