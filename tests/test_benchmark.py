@@ -131,7 +131,7 @@ def test_chain_specs_and_layout():
                                   "nnUNetTrainerACTIONPretrain", "nnUNetTrainerACTION"]
     assert row_name(specs[1]) == "nnUNetTrainerMixCLPretrain + nnUNetTrainerBudget" and row_name(specs[0]) == specs[0]
     for bad, message in ((["A+B", "A+B"], "Duplicate"), (["A++B"], "Empty"), (["+A"], "Empty"), (["A+ B"], "Empty"),
-                         (["A+B+A"], "twice")):
+                         (["A+B+A"], "twice"), (["A+SelfTraining"], "first stage")):
         with pytest.raises(BenchmarkError, match=message):
             check_specs(bad)
     lay = Layout("/out", "Dataset1_X")
@@ -186,6 +186,36 @@ def test_chain_first_stage_is_the_rows_training_and_a_newer_one_restarts_the_nex
     calls.clear()
     bench.train(3, chain, "[N=3]")
     assert calls[0][0] == chain.fold_folder("nnUNetTrainerBudget") and calls[1][1] == own_first and not calls[1][2]
+
+
+def test_self_training_as_first_stage_starts_the_next_stage_from_the_self_training_rows_model(tmp_path):
+    """``SelfTraining+B``: the SelfTraining row's pipeline (shared with that row) runs first, B trains from its
+    retrained model in the chain's folder, and starts over when the self-training model is newer than B's."""
+    from types import SimpleNamespace
+    from nnunet_mona.benchmark.chains import check_specs
+    from nnunet_mona.benchmark.layout import Layout
+    from nnunet_mona.benchmark.run_benchmark import Benchmark
+    spec = "SelfTraining+nnUNetTrainerMeanTeacher"
+    assert check_specs([spec]) == ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
+    lay = Layout(str(tmp_path), "Dataset1_X")
+    bench = Benchmark(SimpleNamespace(checkpoint="student"), lay, "", "", [], [1], ["A"])
+    self_trained, trained = [], []
+    bench.self_train = lambda n, paths, prefix: self_trained.append(paths.base)
+    bench._train_stage = lambda n, paths, stage, pretrained, restart, prefix: trained.append(
+        (paths.fold_folder(stage), pretrained, restart)) or False
+    chain, st = lay.run_paths(1, spec), lay.run_paths(1, "SelfTraining")
+    st_final = os.path.join(st.fold_folder("nnUNetTrainerBudget"), "checkpoint_final.pth")
+    mt_final = os.path.join(chain.fold_folder("nnUNetTrainerMeanTeacher"), "checkpoint_final.pth")
+    bench.train(1, chain, "[N=1]")
+    assert self_trained == [st.base] and st.base.endswith("labeled_1/self_training")
+    assert trained == [(chain.fold_folder("nnUNetTrainerMeanTeacher"), st_final, False)]
+    for path, mtime in ((st_final, 2000), (mt_final, 1000)):  # self-training redone after the chain's MT stage
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "w").close()
+        os.utime(path, (mtime, mtime))
+    trained.clear()
+    bench.train(1, chain, "[N=1]")
+    assert trained == [(chain.fold_folder("nnUNetTrainerMeanTeacher"), st_final, True)]
 
 
 # ------------------------------------------------------------------------------------------------ end to end

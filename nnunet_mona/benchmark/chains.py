@@ -22,6 +22,11 @@ def is_chain(spec: str) -> bool:
     return len(stages(spec)) > 1
 
 
+def stage_trainer(stage: str) -> str:
+    """The nnU-Net trainer that trains a stage (``SelfTraining``'s last training is plain nnU-Net's)."""
+    return BASE_TRAINER if stage == SELF_TRAINING else stage
+
+
 def row_name(spec: str) -> str:
     """Name of the spec's row in results.md / results.json: ``A + B`` for a chain, the trainer name otherwise."""
     return f" {SEPARATOR} ".join(stages(spec))
@@ -30,8 +35,9 @@ def row_name(spec: str) -> str:
 def check_specs(specs: Sequence[str]) -> List[str]:
     """Check the spec syntax; returns every distinct stage trainer name (for the trainer lookup), in order.
 
-    ``SelfTraining`` (:mod:`nnunet_mona.benchmark.self_training`) is a spec of its own; it contributes the trainer
-    it trains (nnUNetTrainerBudget) to the returned names.
+    ``SelfTraining`` (:mod:`nnunet_mona.benchmark.self_training`) is a spec of its own or the first stage of a chain
+    (``SelfTraining+nnUNetTrainerMeanTeacher``: the SelfTraining row's final model is the next stage's start); it
+    contributes the trainer it trains (nnUNetTrainerBudget) to the returned names.
     Refuses duplicate specs, empty stage names (``A++B``, ``+A``) and a trainer twice in one chain (both stages
     would share one nnU-Net results folder)."""
     if len(set(specs)) != len(specs):
@@ -42,9 +48,10 @@ def check_specs(specs: Sequence[str]) -> List[str]:
         if any(not p.strip() or p != p.strip() for p in parts):
             raise BenchmarkError(f"Empty or padded stage name in trainer spec {spec!r}: write A{SEPARATOR}B, "
                                  f"trainer names separated by '{SEPARATOR}' without spaces")
-        if SELF_TRAINING in parts and len(parts) > 1:
-            raise BenchmarkError(f"Trainer spec {spec!r}: {SELF_TRAINING} is a row of its own (plain nnU-Net, "
-                                 f"pseudo-labels, plain nnU-Net again) and cannot be a stage of a chain")
+        if SELF_TRAINING in parts[1:]:
+            raise BenchmarkError(f"Trainer spec {spec!r}: {SELF_TRAINING} (plain nnU-Net, pseudo-labels, plain "
+                                 f"nnU-Net again) can only be the first stage of a chain, e.g. "
+                                 f"{SELF_TRAINING}{SEPARATOR}nnUNetTrainerMeanTeacher")
         if len(set(parts)) != len(parts):
             raise BenchmarkError(f"Trainer spec {spec!r} names a trainer twice; every stage needs its own trainer")
         names += [p for p in (BASE_TRAINER if q == SELF_TRAINING else q for q in parts) if p not in names]

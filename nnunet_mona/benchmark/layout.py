@@ -19,7 +19,8 @@ Runs with different labeled counts N are kept apart by giving each N its own ``n
                                                layout for its later stages, kept apart from the rows that train
                                                B alone (nnU-Net names its results folder by trainer); its first
                                                stage A is the same training as A's own row and lives there
-                                               (labeled_N/nnUNet_results), trained once for both
+                                               (labeled_N/nnUNet_results), trained once for both; a first
+                                               stage SelfTraining is the SelfTraining row (self_training/)
         self_training/                         the SelfTraining row (:mod:`nnunet_mona.benchmark.self_training`):
                                                its own nnUNet_preprocessed (pseudo-labels) and the same layout;
                                                its first model is the plain row's (labeled_N/nnUNet_results)

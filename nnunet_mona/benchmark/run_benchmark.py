@@ -10,7 +10,8 @@ with ``--c`` from checkpoint_latest.pth. A pretraining chain ``A+B`` (:mod:`nnun
 its stages in order, each from the previous stage's final checkpoint, and resumes per stage (a stage whose
 predecessor was trained again starts over). ``SelfTraining`` (:mod:`nnunet_mona.benchmark.self_training`) is offline
 self-training: the plain row's model pseudo-labels the fold's unlabeled cases, plain nnU-Net trains again on labeled +
-pseudo-labeled cases. ``--batch_size`` trains with a plans copy (:mod:`nnunet_mona.benchmark.plans_copy`),
+pseudo-labeled cases; as a chain's first stage (``SelfTraining+nnUNetTrainerMeanTeacher``) its final model starts
+the next stage. ``--batch_size`` trains with a plans copy (:mod:`nnunet_mona.benchmark.plans_copy`),
 ``--preset`` fills the options of a named protocol (:mod:`nnunet_mona.benchmark.presets`), ``--checkpoint teacher``
 predicts the EMA teacher where a trainer writes one. An output folder keeps one protocol
 (:mod:`nnunet_mona.benchmark.protocol_guard`). Folder layout: :mod:`nnunet_mona.benchmark.layout`.
@@ -28,7 +29,7 @@ from typing import Dict, List, Optional, Sequence
 
 from nnunet_mona.benchmark import preparation as prep
 from nnunet_mona.benchmark.evaluate import PROTOCOLS, evaluate_folders, save_json
-from nnunet_mona.benchmark.chains import check_specs, is_chain, row_name
+from nnunet_mona.benchmark.chains import check_specs, is_chain, row_name, stage_trainer
 from nnunet_mona.benchmark.layout import Layout, RunPaths
 from nnunet_mona.benchmark.plans_copy import (batch_plans_name, check_batch_size, install_batch_plans,
                                               install_unlabeled_for_copy)
@@ -94,6 +95,8 @@ class Benchmark:
         if index > 0 or not is_chain(paths.spec):
             return paths
         first = paths.stages[0]
+        if first == SELF_TRAINING:
+            return self.layout.run_paths(n, SELF_TRAINING)
         if os.path.isfile(paths.final_checkpoint(first)):
             return paths
         return self.layout.run_paths(n, first)
@@ -104,14 +107,17 @@ class Benchmark:
         previous, redo = None, False
         for index, stage in enumerate(paths.stages):
             where = self.stage_paths(n, paths, index)
-            final = where.final_checkpoint(stage)
+            final = where.final_checkpoint(stage_trainer(stage))
             if previous and os.path.isfile(final) and os.path.getmtime(final) < os.path.getmtime(previous):
                 redo = True
             label = prefix
             if is_chain(paths.spec):
                 shared = " (= its own row's training)" if where is not paths else ""
                 label = f"{prefix} stage {stage.replace('nnUNetTrainer', '') or stage}{shared}:"
-            redo = self.train_stage(n, where, stage, previous, redo, label)
+            if stage == SELF_TRAINING:  # only ever first; a retraining shows in its final checkpoint's mtime
+                self.self_train(n, where, label)
+            else:
+                redo = self.train_stage(n, where, stage, previous, redo, label)
             previous = final
 
     def train_stage(self, n: int, paths: RunPaths, stage: str, pretrained: Optional[str], restart: bool,
@@ -215,7 +221,8 @@ class Benchmark:
         the stages and the largest peak GPU memory of any stage."""
         if len(paths.stages) == 1:
             return self.stage_record(paths, paths.final)
-        records = [dict(self.stage_record(self.stage_paths(n, paths, i), stage), stage=stage)
+        records = [dict(self.self_training_record(n, self.stage_paths(n, paths, i)) if stage == SELF_TRAINING
+                        else self.stage_record(self.stage_paths(n, paths, i), stage), stage=stage)
                    for i, stage in enumerate(paths.stages)]
         walls = [r.get("wall_seconds_this_segment") for r in records]
         peaks = [r.get("peak_gpu_memory_bytes") for r in records if r.get("peak_gpu_memory_bytes") is not None]
@@ -322,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "checkpoint_final.pth (-pretrained_weights), the last stage is evaluated, in its own "
                              "folder labeled_N/chains/A+B (e.g. nnUNetTrainerMixCLPretrain+nnUNetTrainerBudget), or "
                              f"{SELF_TRAINING}: offline self-training (plain nnU-Net, pseudo-labels of the unlabeled "
-                             "cases, plain nnU-Net again on labeled + pseudo-labeled cases, in labeled_N/self_training). "
+                             "cases, plain nnU-Net again on labeled + pseudo-labeled cases, in labeled_N/self_training), "
+                             f"also as a chain's first stage ({SELF_TRAINING}+nnUNetTrainerMeanTeacher). "
                              "Default: nnUNetTrainerBudget nnUNetTrainerMeanTeacher nnUNetTrainerMONA")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs per training (nnUNet_mona_epochs); required unless --preset gives it")
