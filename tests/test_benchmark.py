@@ -312,7 +312,11 @@ def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
     cmd = _bench_cmd(output)
     cmd[cmd.index("--labeled") + 1:cmd.index("--epochs")] = ["1", "--trainers", "nnUNetTrainerBudget", chain, warm]
     third = run_cmd(cmd, timeout=600, env=_bench_env())
-    rows = {r["trainer"]: r for r in json.load(open(os.path.join(output, "results.json")))["runs"]}
+    all_runs = json.load(open(os.path.join(output, "results.json")))["runs"]
+    # the rows of the first command that this one did not run stay in the report, marked with that command
+    assert {(r["n_labeled"], r["trainer"]) for r in all_runs if r.get("earlier_command")} == \
+        {(1, "nnUNetTrainerMeanTeacher"), (2, "nnUNetTrainerBudget"), (2, "nnUNetTrainerMeanTeacher")}
+    rows = {r["trainer"]: r for r in all_runs if r["n_labeled"] == 1 and not r.get("earlier_command")}
     row = rows["nnUNetTrainerMixCLPretrain + nnUNetTrainerBudget"]
     assert row["status"] == "ok", (row, third[-3000:])
     assert 0.0 <= row["summary"]["mona"]["mean"]["dice"] <= 1.0

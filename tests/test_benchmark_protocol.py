@@ -191,6 +191,55 @@ def test_legend_is_outside_the_axes(tmp_path, monkeypatch):
     assert legend.x0 >= axes.x1  # right of the axes: covers no bar
 
 
+# ------------------------------------------------------------------------------------------------ earlier rows
+def _report_run(tmp_path, n, trainer, dice, metrics=True):
+    path = tmp_path / f"m_{n}_{trainer}.json"
+    if metrics:
+        path.write_text("{}")
+    per_class = {c: {"dice": dice} for c in ("RV", "MYO", "LV")}
+    summary = {k: {"mean": {"dice": dice, "hd95": 1.0, "asd": 1.0}, "per_class": per_class} for k in ("mona", "mm")}
+    return {"n_labeled": n, "trainer": trainer, "status": "ok", "checkpoint": "student", "metrics_file": str(path),
+            "summary": summary, "train": {}}
+
+
+def _report_results(runs, counts, command):
+    return {"protocol": {"labeled_counts": counts, "trainers": list(dict.fromkeys(r["trainer"] for r in runs)),
+                         "dataset_name": "D", "epochs": 1, "iterations_per_epoch": 1, "command": command,
+                         "splits": {str(n): {"labeled_cases": n, "unlabeled_cases": 4, "source": f"s{n}",
+                                             "digest": "x"} for n in counts},
+                         "configuration": "2d", "plans": "P", "fold": 0, "val_iterations": 1, "device": "cpu",
+                         "parallel": 1, "host": "h", "seed": 0, "teacher_rows": [], "class_names": ["RV", "MYO", "LV"],
+                         "evaluation": {"n_volumes": 1, "labels": "L", "protocols": {"mona": "m", "mm": "mm"}}},
+            "runs": runs}
+
+
+def test_rows_of_an_earlier_invocation_stay_in_the_report_while_their_metrics_exist(tmp_path):
+    from nnunet_mona.benchmark.earlier_rows import keep_earlier_rows
+    from nnunet_mona.benchmark.report import EARLIER_MARK, bar_chart, markdown
+    first = _report_results([_report_run(tmp_path, 3, "plain", 0.5), _report_run(tmp_path, 3, "MT", 0.6),
+                             _report_run(tmp_path, 3, "gone", 0.1, metrics=False),
+                             _report_run(tmp_path, 1, "plain", 0.3)], [1, 3], "first command")
+    second = _report_results([_report_run(tmp_path, 3, "MT", 0.65), _report_run(tmp_path, 3, "MONA", 0.7)], [3],
+                             "second command")
+    merged = keep_earlier_rows(first, second)
+    rows = [(r["n_labeled"], r["trainer"], r["summary"]["mona"]["mean"]["dice"], r.get("earlier_command"))
+            for r in merged["runs"]]
+    # MT was run again: only the new value; a row without metrics (its model retrained since) is dropped
+    assert rows == [(3, "plain", 0.5, "first command"), (1, "plain", 0.3, "first command"),
+                    (3, "MT", 0.65, None), (3, "MONA", 0.7, None)]
+    assert merged["protocol"]["labeled_counts"] == [1, 3] and set(merged["protocol"]["splits"]) == {"1", "3"}
+    assert merged["protocol"]["trainers"] == ["plain", "MT", "MONA"]
+    text = markdown(merged)
+    assert f"| plain {EARLIER_MARK} | 50.0" in text and "| MONA | 70.0" in text and "`first command`" in text
+    assert "## 1 labeled" in text
+    # a third invocation keeps the first one's rows with the first command
+    third = keep_earlier_rows(merged, _report_results([_report_run(tmp_path, 3, "MONA", 0.71)], [3], "third"))
+    assert {r["trainer"]: r.get("earlier_command") for r in third["runs"] if r["n_labeled"] == 3} == \
+        {"plain": "first command", "MT": "second command", "MONA": None}
+    assert keep_earlier_rows(None, second) is second
+    bar_chart(merged, str(tmp_path / "r.png"))
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 SELF_ID = 984
 

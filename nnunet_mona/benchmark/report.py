@@ -26,6 +26,13 @@ def _seconds(value: Optional[float]) -> str:
     return f"{value // 3600}h{value % 3600 // 60:02d}m" if value >= 3600 else f"{value // 60}m{value % 60:02d}s"
 
 
+EARLIER_MARK = "\u2020"  # dagger: a row kept from an earlier invocation (nnunet_mona.benchmark.earlier_rows)
+
+
+def _row(run: dict) -> str:
+    return run["trainer"] + (f" {EARLIER_MARK}" if run.get("earlier_command") else "")
+
+
 def protocol_lines(results: dict) -> List[str]:
     p = results["protocol"]
     ev = p["evaluation"]
@@ -61,11 +68,15 @@ def protocol_lines(results: dict) -> List[str]:
     if p.get("preset"):
         lines.append(f"- preset {p['preset']} (set: {', '.join(p.get('preset_options') or []) or 'nothing'}; "
                      f"the other options were given on the command line)")
-    if "SelfTraining" in p["trainers"]:
+    if any(t.split(" + ")[0] == "SelfTraining" for t in p["trainers"]):
         lines.append("- SelfTraining: offline self-training. Plain nnU-Net (nnUNetTrainerBudget, the plain row's model) "
                      "predicts the fold's unlabeled cases (images only), then nnUNetTrainerBudget trains again from "
                      "scratch, same budget, on labeled + pseudo-labeled cases; training wall time = both trainings "
                      "+ pseudo-labelling")
+    earlier = list(dict.fromkeys(r["earlier_command"] for r in results["runs"] if r.get("earlier_command")))
+    for command in earlier:
+        lines.append(f"- {EARLIER_MARK} rows measured by an earlier invocation into this folder (same protocol), "
+                     f"kept while their metrics exist: `{command}`")
     for n, split in p["splits"].items():
         lines.append(f"- {n} labeled: {split['labeled_cases']} labeled case(s), {split['unlabeled_cases']} "
                      f"unlabeled case(s) in the split; split file {split['source']} (sha {split['digest']})")
@@ -89,7 +100,7 @@ def markdown(results: dict) -> str:
                            + " |" * (len(names) + 5))
                 continue
             s, rec = r["summary"]["mona"], r.get("train") or {}
-            out.append(f"| {r['trainer']} | {_pct(s['mean']['dice'])} | "
+            out.append(f"| {_row(r)} | {_pct(s['mean']['dice'])} | "
                        + " | ".join(_pct(s["per_class"][c]["dice"]) for c in names)
                        + f" | {_num(s['mean']['hd95'])} | {_num(s['mean']['asd'])} | "
                          f"{_num(rec.get('seconds_per_iteration'), 3)} | {_memory(rec)} | "
@@ -107,7 +118,7 @@ def markdown(results: dict) -> str:
             if r["status"] != "ok":
                 continue
             s = r["summary"]["mm"]
-            out.append(f"| {r['trainer']} | {_pct(s['mean']['dice'])} | "
+            out.append(f"| {_row(r)} | {_pct(s['mean']['dice'])} | "
                        + " | ".join(_pct(s["per_class"][c]["dice"]) for c in names)
                        + f" | {_num(s['mean']['hd95'])} | {_num(s['mean']['asd'])} |")
         out.append("")

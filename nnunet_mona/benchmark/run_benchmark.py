@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence
 from nnunet_mona.benchmark import preparation as prep
 from nnunet_mona.benchmark.evaluate import PROTOCOLS, evaluate_folders, save_json
 from nnunet_mona.benchmark.chains import check_specs, is_chain, row_name, stage_trainer
+from nnunet_mona.benchmark.earlier_rows import keep_earlier_rows
 from nnunet_mona.benchmark.layout import Layout, RunPaths
 from nnunet_mona.benchmark.plans_copy import (batch_plans_name, check_batch_size, install_batch_plans,
                                               install_unlabeled_for_copy)
@@ -499,6 +500,8 @@ def run(args) -> int:
     }
     if is_acdc_like(names):
         results["published"] = {str(n): published_rows(n) for n in args.labeled}
+    previous = layout.file("results.json")
+    results = keep_earlier_rows(_load_json(previous) if os.path.isfile(previous) else None, results)
     save_json(results, layout.file("results.json"))
     with open(layout.file("results.md"), "w") as f:
         f.write(markdown(results))
