@@ -54,5 +54,5 @@ def check_specs(specs: Sequence[str]) -> List[str]:
                                  f"{SELF_TRAINING}{SEPARATOR}nnUNetTrainerMeanTeacher")
         if len(set(parts)) != len(parts):
             raise BenchmarkError(f"Trainer spec {spec!r} names a trainer twice; every stage needs its own trainer")
-        names += [p for p in (BASE_TRAINER if q == SELF_TRAINING else q for q in parts) if p not in names]
+        names += [p for p in map(stage_trainer, parts) if p not in names]
     return names

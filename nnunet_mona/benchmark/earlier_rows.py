@@ -28,12 +28,13 @@ def keep_earlier_rows(previous: Optional[dict], current: dict) -> dict:
     if not kept:
         return current
     p, old = dict(current["protocol"]), previous["protocol"]
-    p["labeled_counts"] = sorted(set(p["labeled_counts"]) | {r["n_labeled"] for r in kept})
+    kept_counts = {r["n_labeled"] for r in kept}
+    p["labeled_counts"] = sorted(set(p["labeled_counts"]) | kept_counts)
     p["trainers"] = list(dict.fromkeys([r["trainer"] for r in kept] + list(p["trainers"])))
     p["teacher_rows"] = sorted(set(p.get("teacher_rows") or []) |
                                {r["trainer"] for r in kept if r.get("checkpoint") == "teacher"})
     p["splits"] = {**{k: v for k, v in old.get("splits", {}).items()
-                      if int(k) in {r["n_labeled"] for r in kept}}, **p["splits"]}
+                      if int(k) in kept_counts}, **p["splits"]}
     merged = dict(current, protocol=p, runs=kept + list(current["runs"]))
     if "published" in current or "published" in previous:
         merged["published"] = {**previous.get("published", {}), **current.get("published", {})}
