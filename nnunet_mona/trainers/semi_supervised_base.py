@@ -39,6 +39,7 @@ from nnunet_mona.modules.distributed import all_gather_concat, average_gradients
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.gradient_monitor import relative_gradient_norms
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
+from nnunet_mona.trainers.supervised_warmup import PhasedPolyLRScheduler, supervised_warmup_epochs
 from nnunet_mona.trainers.term_monitor import degenerate_term_warnings
 from nnunet_mona.trainers.trainer_settings import apply_trainer_settings_from_environment
 
@@ -67,7 +68,11 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     # neither part gets fewer patches than this: nnU-Net's planner never plans a batch below 2, and
     # mixing needs a partner image (small plans batches, e.g. 2, thus train 2 + 2)
     min_part_batch_size: int = 2
-    # sigmoid ramp-up of every unsupervised term over this fraction of num_epochs (0: none)
+    # this share of num_epochs first trains nnU-Net's supervised step alone (own poly LR decay); then the teacher
+    # starts as a copy of the student and the LR decays again over the rest (trainers.supervised_warmup: the
+    # chain plain -> method inside one training). 0: semi-supervised from the first step
+    supervised_warmup_fraction: float = 0.0
+    # sigmoid ramp-up of every unsupervised term over this fraction of the semi-supervised epochs (0: none)
     unsupervised_rampup_fraction: float = 0.1
     # weight of nnU-Net's supervised Dice+CE on the labeled part (ACTION: 0.5)
     supervised_weight: float = 1.0
@@ -125,6 +130,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         self._gradient_norms: Optional[Dict[str, float]] = None  # of this epoch's first step
         self._gradient_norms_epoch = -1
         self.amp_skipped_steps = 0  # this epoch's steps the gradient scaler skipped (inf / NaN gradients)
+        self.supervised_warmup_epochs = 0  # set with the optimizer (configure_optimizers), once the budget is final
         # every loss term gets a key in nnU-Net's logger and a curve in progress.png
         self.all_term_names = ["sup"] + [n for n in self.loss_term_names if n != "sup"] + ["skipped_steps"]
         self.logger.local_logger = SemiSupervisedLocalLogger(self.all_term_names)
@@ -176,7 +182,15 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
             params += list(self.auxiliary_modules.parameters())
         optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
                                     momentum=0.99, nesterov=True)
-        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        self.supervised_warmup_epochs = supervised_warmup_epochs(self.num_epochs, self.supervised_warmup_fraction)
+        if self.supervised_warmup_epochs == 0:
+            return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+        self.print_to_log_file(f"Supervised warm-up: epochs 0-{self.supervised_warmup_epochs - 1} train nnU-Net's "
+                               f"supervised step alone; the semi-supervised phase starts at epoch "
+                               f"{self.supervised_warmup_epochs} from a teacher copied from the student, the "
+                               f"learning rate decaying again from {self.initial_lr}")
+        return optimizer, PhasedPolyLRScheduler(optimizer, self.initial_lr, self.num_epochs,
+                                                self.supervised_warmup_epochs)
 
     def trainable_parameters(self) -> List[nn.Parameter]:
         params = list(self.network.parameters())
@@ -282,11 +296,33 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         if self.export_teacher_checkpoint and self.local_rank == 0 and not self.disable_checkpointing:
             self.save_teacher_checkpoint(join(self.output_folder, "checkpoint_final_teacher.pth"))
 
+    def in_supervised_warmup(self) -> bool:
+        return self.current_epoch < self.supervised_warmup_epochs
+
+    def on_train_epoch_start(self):
+        if self.supervised_warmup_epochs > 0 and self.current_epoch == self.supervised_warmup_epochs:
+            self.start_semi_supervised_phase()
+        super().on_train_epoch_start()
+
+    def start_semi_supervised_phase(self) -> None:
+        """End of the supervised warm-up: what a second training started from this model with
+        ``-pretrained_weights`` would do (teacher = student with a fresh EMA warm-up, no SGD momentum). A
+        function of the model alone, so a resume at this epoch repeats it exactly."""
+        self.teacher.copy_from(self.network)
+        self.teacher.num_updates.zero_()
+        self.optimizer.state.clear()
+        self.print_to_log_file(f"Supervised warm-up done ({self.supervised_warmup_epochs} epochs): teacher copied "
+                               f"from the student, SGD momentum cleared; semi-supervised training starts")
+
     def unsupervised_weight_factor(self) -> float:
-        """Ramp-up factor in [0, 1] for every unsupervised term at the current epoch."""
+        """Ramp-up factor in [0, 1] for every unsupervised term at the current epoch (0 during the warm-up)."""
+        if self.in_supervised_warmup():
+            return 0.0
         if self.unsupervised_rampup_fraction <= 0:
             return 1.0
-        return sigmoid_rampup(self.current_epoch / max(1.0, self.unsupervised_rampup_fraction * self.num_epochs))
+        semi_supervised_epochs = self.num_epochs - self.supervised_warmup_epochs
+        return sigmoid_rampup((self.current_epoch - self.supervised_warmup_epochs)
+                              / max(1.0, self.unsupervised_rampup_fraction * semi_supervised_epochs))
 
     def autocast_context(self):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" and self.mixed_precision \
@@ -353,11 +389,52 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         gathered = tuple(all_gather_concat(t.contiguous()) for t in tensors)
         return gathered if len(gathered) > 1 else gathered[0]
 
-    def train_step(self, batch: dict) -> dict:
+    def _labeled_batch_on_device(self, batch: dict):
         data = batch["data"].to(self.device, non_blocking=True)
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
+        return data, target
+
+    def supervised_step(self, batch: dict) -> dict:
+        """nnU-Net's own step on the labeled batch (deep-supervision Dice+CE, weight 1), for the warm-up epochs;
+        the unlabeled loader is not read and the teacher not updated."""
+        data, target = self._labeled_batch_on_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast_context():
+            sup = self.loss(self.network(data), target)
+        if not torch.isfinite(sup):
+            return self._skip_nonfinite_step(sup, {})
+        self._consecutive_nonfinite = 0
+        self._backward_and_step(sup)
+        return {"loss": sup.detach().cpu().numpy(), "sup": sup.detach().cpu().numpy(), "skipped_steps": np.array(0.0)}
+
+    def _backward_and_step(self, total: torch.Tensor) -> None:
+        """Backward, gradient clipping at 12 (nnU-Net) and the optimizer step, through the gradient scaler
+        when mixed precision is on."""
+        scaler = self.grad_scaler if self.mixed_precision else None
+        if scaler is not None:
+            scaler.scale(total).backward()
+            if self.is_ddp and self.auxiliary_modules is not None:
+                average_gradients_(self.auxiliary_modules)
+            scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            scaler.step(self.optimizer)  # synchronises (reads found_inf), so reading the scale here costs no extra sync
+            scale_before = scaler.get_scale()
+            scaler.update()
+            # the scaler lowers its scale exactly when it skipped the step (inf / NaN among the gradients)
+            self.amp_skipped_steps += int(scaler.get_scale() < scale_before)
+        else:
+            total.backward()
+            if self.is_ddp and self.auxiliary_modules is not None:
+                average_gradients_(self.auxiliary_modules)
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
+            self.optimizer.step()
+
+    def train_step(self, batch: dict) -> dict:
+        if self.in_supervised_warmup():
+            return self.supervised_step(batch)
+        data, target = self._labeled_batch_on_device(batch)
         unlabeled = self.next_unlabeled_batch()
         n_labeled = data.shape[0]
 
@@ -398,24 +475,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         if not torch.isfinite(total):
             return self._skip_nonfinite_step(sup, terms)
         self._consecutive_nonfinite = 0
-        scaler = self.grad_scaler if self.mixed_precision else None
-        if scaler is not None:
-            scaler.scale(total).backward()
-            if self.is_ddp and self.auxiliary_modules is not None:
-                average_gradients_(self.auxiliary_modules)
-            scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
-            scaler.step(self.optimizer)  # synchronises (reads found_inf), so reading the scale here costs no extra sync
-            scale_before = scaler.get_scale()
-            scaler.update()
-            # the scaler lowers its scale exactly when it skipped the step (inf / NaN among the gradients)
-            self.amp_skipped_steps += int(scaler.get_scale() < scale_before)
-        else:
-            total.backward()
-            if self.is_ddp and self.auxiliary_modules is not None:
-                average_gradients_(self.auxiliary_modules)
-            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), 12)
-            self.optimizer.step()
+        self._backward_and_step(total)
         self.teacher.update(self.network)
         self.after_optimizer_step({"teacher_out": teacher_out, "student_input": student_input,
                                    "unlabeled": unlabeled})
