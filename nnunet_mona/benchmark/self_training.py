@@ -23,7 +23,7 @@ import json
 import os
 import shutil
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -82,8 +82,9 @@ def prepare_dataset(source: str, target: str, plans: str, configuration: str, fo
 
 
 def pseudo_label(model_folder: str, source: str, target: str, plans: str, configuration: str, fold: int,
-                 device: str, use_mirroring: bool) -> dict:
-    """Steps 2 of the module docstring; returns the record (wall time, counts, pseudo-label class fractions)."""
+                 device: str, use_mirroring: bool, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Steps 2 of the module docstring; returns the record (wall time, counts, pseudo-label class fractions).
+    ``progress(done, total)`` is called after every 10th case and the last."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_pickle, write_pickle
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -104,7 +105,7 @@ def pseudo_label(model_folder: str, source: str, target: str, plans: str, config
     labels = predictor.label_manager
     images = UnlabeledImageDataset(unlabeled)
     voxels: Dict[int, int] = {}
-    for case in images.identifiers:
+    for done, case in enumerate(images.identifiers, start=1):
         image = torch.from_numpy(np.asarray(images.load_image(case)[:], dtype=np.float32))
         with torch.no_grad():
             logits = predictor.predict_logits_from_preprocessed_data(image)
@@ -119,6 +120,8 @@ def pseudo_label(model_folder: str, source: str, target: str, plans: str, config
         _link(images.image_path(case), os.path.join(data, case + ".b2nd"))
         for value, count in zip(*np.unique(seg, return_counts=True)):
             voxels[int(value)] = voxels.get(int(value), 0) + int(count)
+        if progress is not None and (done % 10 == 0 or done == len(images.identifiers)):
+            progress(done, len(images.identifiers))
     with open(os.path.join(target, "splits_final.json"), "w") as f:
         json.dump(_derived_split(folds, fold, images.identifiers), f, indent=2)
     total = max(1, sum(voxels.values()))
