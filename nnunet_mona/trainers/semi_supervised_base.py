@@ -8,6 +8,9 @@ One training iteration (see docs/design.md):
      part, the method's losses (``compute_unlabeled_losses``) on the rest;
   5. one backward and optimizer step, then the EMA update and ``after_optimizer_step``.
 
+With ``supervised_warmup_fraction`` > 0 the first epochs run only nnU-Net's supervised step on the labeled batch
+(trainers.supervised_warmup); the steps above start after them, from a teacher copied from the student.
+
 Subclasses are small: they set class attributes and implement ``compute_unlabeled_losses``
 (and, when they have heads or memory banks, ``build_auxiliary_modules`` /
 ``extra_checkpoint_state`` / ``load_extra_checkpoint_state``).
