@@ -213,6 +213,30 @@ def _report_results(runs, counts, command):
             "runs": runs}
 
 
+def test_trainer_overrides_from_the_environment_are_part_of_the_protocol_and_the_report(tmp_path, monkeypatch):
+    from argparse import Namespace
+    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key, write_stamp
+    from nnunet_mona.benchmark.report import markdown
+    args = Namespace(c="2d", p="nnUNetPlans", fold=0, epochs=20, iterations=50, val_iterations=5, seed=0,
+                     disable_tta=True, batch_size=None)
+    monkeypatch.delenv("nnUNet_mona_loss_weights", raising=False)
+    monkeypatch.delenv("nnUNet_mona_trainer_settings", raising=False)
+    plain = protocol_key(args, "D", {}, "nnUNetPlans", {})
+    assert plain["trainer_overrides"] == {}
+    write_stamp(str(tmp_path), plain)
+    monkeypatch.setenv("nnUNet_mona_trainer_settings", '{"supervised_warmup_fraction": 0.5}')
+    overridden = protocol_key(args, "D", {}, "nnUNetPlans", {})
+    assert overridden["trainer_overrides"] == {"nnUNet_mona_trainer_settings": '{"supervised_warmup_fraction": 0.5}'}
+    with pytest.raises(BenchmarkError, match="trainer_overrides"):  # the defaults' models would be reused
+        check_same_protocol(str(tmp_path), overridden)
+    results = _report_results([_report_run(tmp_path, 3, "MT", 0.6)], [3], "command")
+    results["protocol"]["trainer_overrides"] = overridden["trainer_overrides"]
+    assert """- trainer overrides from the environment, for every row: `nnUNet_mona_trainer_settings='{"supervised""" \
+        in markdown(results)
+    results["protocol"]["trainer_overrides"] = {}
+    assert "for every row: none (each trainer's defaults)" in markdown(results)
+
+
 def test_rows_of_an_earlier_invocation_stay_in_the_report_while_their_metrics_exist(tmp_path):
     from nnunet_mona.benchmark.earlier_rows import keep_earlier_rows
     from nnunet_mona.benchmark.report import EARLIER_MARK, bar_chart, markdown

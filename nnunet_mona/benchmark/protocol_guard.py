@@ -1,7 +1,8 @@
 """Keeps one benchmark output folder to one protocol.
 
 A re-run resumes: steps whose outputs exist are skipped. With other settings that shape the trained models or their
-predictions (budget, seed, plans / batch size, resolution of the data, ...) those outputs would be reused and mixed
+predictions (budget, seed, plans / batch size, resolution of the data, trainer overrides from the environment such as
+``nnUNet_mona_trainer_settings``, ...) those outputs would be reused and mixed
 into a table with the new settings. The benchmark therefore writes the settings that must agree
 (:func:`protocol_key`) to ``OUTPUT/benchmark_protocol.json`` before any training, and refuses a folder whose recorded
 key differs (:func:`check_same_protocol`). A folder from before this check has only ``results.json``; the keys its
@@ -15,6 +16,15 @@ from nnunet_mona.benchmark.processes import BenchmarkError
 from nnunet_mona.benchmark.evaluate import save_json
 
 STAMP = "benchmark_protocol.json"
+# environment variables that change what every trainer of a run does (its loss weights, its settings); the benchmark
+# passes its environment to every training, so they belong to the protocol and to the report's header
+TRAINER_OVERRIDE_VARIABLES = ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings")
+
+
+def trainer_overrides() -> dict:
+    """{variable: value} of the trainer-override variables set (non-blank) in this process's environment."""
+    found = {v: os.environ.get(v, "").strip() for v in TRAINER_OVERRIDE_VARIABLES}
+    return {v: value for v, value in found.items() if value}
 
 
 def plans_facts(plans_file: str, configuration: str) -> dict:
@@ -32,7 +42,7 @@ def protocol_key(args, dataset_name: str, dataset_json: dict, plans_name: str, f
     key = {"dataset_name": dataset_name, "inplane_downsample": dataset_json.get("inplane_downsample", 1),
            "configuration": args.c, "plans": plans_name, "source_plans": args.p, "fold": args.fold,
            "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
-           "seed": args.seed, "disable_tta": bool(args.disable_tta)}
+           "seed": args.seed, "disable_tta": bool(args.disable_tta), "trainer_overrides": trainer_overrides()}
     key.update(facts)
     if args.batch_size is not None:
         key["batch_size"] = args.batch_size
