@@ -36,6 +36,30 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
+def write_identical_folds(ds: dict, n_folds: int) -> str:
+    """splits_final.json of ``ds`` (a simulated-scarcity dataset fixture) with ``n_folds`` identical folds: its
+    labeled cases as train and val, the rest unlabeled; modules keep their output folders apart by fold number.
+    Returns the preprocessed dataset folder."""
+    pre = os.path.join(ds["preprocessed"], ds["name"])
+    labeled, unlabeled = ds["roles"]["labeled"], ds["roles"]["unlabeled"]
+    with open(os.path.join(pre, "splits_final.json"), "w") as f:
+        json.dump([{"train": labeled, "val": labeled, "unlabeled": unlabeled}] * n_folds, f)
+    return pre
+
+
+def fake_batches(trainer, batch: int = 2):
+    """Random labeled ({'data', 'target': deep-supervision list}) and unlabeled ({'data_weak', 'data_strong',
+    'valid_mask'}) batches of ``batch`` patches in ``trainer``'s patch size and label count (4 labels)."""
+    import torch
+    patch = trainer.configuration_manager.patch_size
+    scales = trainer._get_deep_supervision_scales()
+    target = [torch.randint(0, 4, (batch, 1, *[int(round(p * s)) for p, s in zip(patch, sc)])) for sc in scales]
+    labeled = {"data": torch.randn(batch, 1, *patch), "target": target}
+    unlabeled = {"data_weak": torch.randn(batch, 1, *patch), "data_strong": torch.randn(batch, 1, *patch),
+                 "valid_mask": torch.ones(batch, 1, *patch, dtype=torch.bool)}
+    return labeled, unlabeled
+
+
 def run_cmd(cmd, timeout=900, env=None):
     """Run a command, fail the test with its output if it fails. Returns stdout+stderr."""
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout,

@@ -11,7 +11,7 @@ import sys
 import pytest
 from batchgenerators.utilities.file_and_folder_operations import join
 
-from conftest import run_cmd
+from conftest import run_cmd, write_identical_folds
 
 BIN = os.path.dirname(sys.executable)
 FOLD = 5
@@ -39,10 +39,8 @@ def _refused(cmd, env=None):
 @pytest.fixture(scope="module")
 def trained_plain(simulated_scarcity_dataset, tmp_path_factory):
     ds = simulated_scarcity_dataset
-    pre = join(ds["preprocessed"], ds["name"])
+    pre = write_identical_folds(ds, FOLD + 1)
     labeled, unlabeled = ds["roles"]["labeled"], ds["roles"]["unlabeled"]
-    with open(join(pre, "splits_final.json"), "w") as f:
-        json.dump([{"train": labeled, "val": labeled, "unlabeled": unlabeled}] * (FOLD + 1), f)
     hidden = str(tmp_path_factory.mktemp("hidden_labels"))
     moved = []
     for case in unlabeled:

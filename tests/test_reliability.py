@@ -4,7 +4,6 @@ skipping of non-finite losses.
 Runs use folds 1 and 2 of a split whose folds are identical, so their outputs do not collide with
 the other end-to-end tests (fold 0).
 """
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 
-from conftest import run_cmd
+from conftest import fake_batches, run_cmd, write_identical_folds
 
 BIN = os.path.dirname(sys.executable)
 TRAINER = "nnUNetTrainerMeanTeacher"
@@ -31,12 +30,8 @@ def _env(epochs):
 
 @pytest.fixture(scope="module")
 def dataset(simulated_scarcity_dataset):
-    ds = simulated_scarcity_dataset
-    pre = join(ds["preprocessed"], ds["name"])
-    labeled, unlabeled = ds["roles"]["labeled"], ds["roles"]["unlabeled"]
-    with open(join(pre, "splits_final.json"), "w") as f:
-        json.dump([{"train": labeled, "val": labeled, "unlabeled": unlabeled}] * 3, f)
-    return ds
+    write_identical_folds(simulated_scarcity_dataset, 3)
+    return simulated_scarcity_dataset
 
 
 def _fold_dir(ds, fold):
@@ -107,19 +102,9 @@ def _in_process_trainer(ds, fold=1):
     return make_trainer("nnUNetTrainerMeanTeacher", join(ds["preprocessed"], ds["name"]), fold=fold)
 
 
-def _fake_batches(trainer):
-    patch = trainer.configuration_manager.patch_size
-    scales = trainer._get_deep_supervision_scales()
-    target = [torch.randint(0, 4, (2, 1, *[int(round(p * s)) for p, s in zip(patch, sc)])) for sc in scales]
-    labeled = {"data": torch.randn(2, 1, *patch), "target": target}
-    unlabeled = {"data_weak": torch.randn(2, 1, *patch), "data_strong": torch.randn(2, 1, *patch),
-                 "valid_mask": torch.ones(2, 1, *patch, dtype=torch.bool)}
-    return labeled, unlabeled
-
-
 def test_non_finite_losses_are_skipped_counted_and_stop_training(dataset, monkeypatch):
     trainer = _in_process_trainer(dataset)
-    labeled, unlabeled = _fake_batches(trainer)
+    labeled, unlabeled = fake_batches(trainer)
     monkeypatch.setattr(trainer, "next_unlabeled_batch", lambda: unlabeled)
     # a healthy step changes the weights and reports no skip
     before = [p.detach().clone() for p in trainer.network.parameters()]

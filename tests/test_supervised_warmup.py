@@ -1,6 +1,5 @@
 """Supervised warm-up inside a semi-supervised training (``supervised_warmup_fraction``): nnU-Net's step alone
 for the first epochs, then the method from a teacher copied from the student with a restarted poly LR."""
-import json
 import os
 import sys
 
@@ -10,7 +9,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
-from conftest import run_cmd
+from conftest import fake_batches, run_cmd, write_identical_folds
 from nnunet_mona.trainers.supervised_warmup import PhasedPolyLRScheduler, supervised_warmup_epochs
 
 BIN = os.path.dirname(sys.executable)
@@ -57,19 +56,8 @@ def test_phased_poly_lr_decays_twice_and_is_nnunets_poly_without_warmup():
 
 @pytest.fixture(scope="module")
 def dataset(simulated_scarcity_dataset):
-    ds = simulated_scarcity_dataset
-    pre = join(ds["preprocessed"], ds["name"])
-    labeled, unlabeled = ds["roles"]["labeled"], ds["roles"]["unlabeled"]
-    with open(join(pre, "splits_final.json"), "w") as f:
-        json.dump([{"train": labeled, "val": labeled, "unlabeled": unlabeled}] * 5, f)
-    return ds
-
-
-def _fake_labeled_batch(trainer):
-    patch = trainer.configuration_manager.patch_size
-    scales = trainer._get_deep_supervision_scales()
-    target = [torch.randint(0, 4, (2, 1, *[int(round(p * s)) for p, s in zip(patch, sc)])) for sc in scales]
-    return {"data": torch.randn(2, 1, *patch), "target": target}
+    write_identical_folds(simulated_scarcity_dataset, 5)
+    return simulated_scarcity_dataset
 
 
 def test_warmup_steps_are_supervised_then_the_teacher_starts_from_the_student(dataset, monkeypatch):
@@ -78,12 +66,9 @@ def test_warmup_steps_are_supervised_then_the_teacher_starts_from_the_student(da
     trainer = make_trainer("nnUNetTrainerMeanTeacher", join(dataset["preprocessed"], dataset["name"]), fold=3,
                            class_overrides={"supervised_warmup_fraction": 0.5})
     assert trainer.supervised_warmup_epochs == 2
-    patch = trainer.configuration_manager.patch_size
-    unlabeled = {"data_weak": torch.randn(2, 1, *patch), "data_strong": torch.randn(2, 1, *patch),
-                 "valid_mask": torch.ones(2, 1, *patch, dtype=torch.bool)}
+    labeled, unlabeled = fake_batches(trainer)
     reads = []
     monkeypatch.setattr(trainer, "next_unlabeled_batch", lambda: reads.append(1) or unlabeled)
-    labeled = _fake_labeled_batch(trainer)
     teacher_before = [p.detach().clone() for p in trainer.teacher.model.parameters()]
 
     # warm-up epoch: nnU-Net's step on the labeled batch only; no unlabeled read, no teacher update
