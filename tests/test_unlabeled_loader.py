@@ -71,8 +71,10 @@ def _loader(ds, batch_size, final_patch, strong_config=None, dummy_2d=False, enl
 @pytest.mark.parametrize('stored, patch, dummy_2d', [
     ((2, 1, 40, 48), (32, 32), False),  # 2D data (Z=1), 2 channels
     ((1, 6, 40, 48), (32, 32), False),  # 2D patches = random slices of 3D-stored data
-    ((1, 6, 40, 48), (4, 24, 24), False),  # 3D
-    ((1, 6, 40, 48), (4, 24, 24), True),  # 3D with dummy-2D augmentation
+    # 3D, every patch axis longer than the blur's reflect padding (batchgeneratorsv2: kernel up to 9 voxels at the
+    # strong view's sigma 1.5, padded by 4 each side; a 4-slice patch failed whenever a large z blur was drawn)
+    ((1, 16, 40, 48), (12, 24, 24), False),
+    ((1, 16, 40, 48), (12, 24, 24), True),  # 3D with dummy-2D augmentation
 ])
 def test_batch_shapes_and_dtypes(tmp_path, stored, patch, dummy_2d):
     dl = _loader(_pool(tmp_path, stored), 3, patch, dummy_2d=dummy_2d)
