@@ -9,7 +9,6 @@ is the recipe measured best with one labeled patient (README, Results). The real
 never read, and nothing under the original ``nnUNet_preprocessed`` is written.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -69,20 +68,21 @@ def entry_point(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace a target folder this command did not write")
     args = parser.parse_args(argv)
 
+    from nnunet_mona.benchmark.evaluate import save_json
     from nnunet_mona.benchmark.self_training import pseudo_label
     name, source, model = _dataset_folders(args.d, args.tr, args.p, args.c, args.f)
-    target = _check_target(os.path.abspath(args.o), source, name, args.overwrite)
+    output_root = os.path.abspath(args.o)
+    target = _check_target(output_root, source, name, args.overwrite)
     print(f"Pseudo-labelling fold {args.f} of {name} with {model} on {args.device} -> {target}", flush=True)
     record = pseudo_label(model, source, target, args.p, args.c, args.f, args.device, not args.disable_tta,
                           progress=lambda done, total: print(f"  {done}/{total} cases", flush=True))
-    with open(os.path.join(target, RECORD_NAME), "w") as f:
-        json.dump(record, f, indent=2)
+    save_json(record, os.path.join(target, RECORD_NAME))
     shares = ", ".join(f"{k}: {100 * v:.1f} %" for k, v in record["pseudo_label_voxel_fraction"].items())
-    results = os.path.abspath(args.o) + "_results"
+    results = output_root + "_results"
     print(f"{record['n_pseudo_labeled_cases']} cases pseudo-labeled in {record['wall_seconds']:.0f} s (voxel share "
           f"per label: {shares}); {record['n_labeled_cases']} labeled training cases.\n"
           f"Next, self-training (its own results folder, so the first model stays):\n"
-          f"    nnUNet_preprocessed={os.path.abspath(args.o)} nnUNet_results={results} nnUNetv2_train {args.d} "
+          f"    nnUNet_preprocessed={output_root} nnUNet_results={results} nnUNetv2_train {args.d} "
           f"{args.c} {args.f} -tr {args.tr} -p {args.p}\n"
           f"then Mean Teacher from that model (your own nnUNet_preprocessed again):\n"
           f"    nnUNetv2_train {args.d} {args.c} {args.f} -tr nnUNetTrainerMeanTeacher -p {args.p} -pretrained_weights "
