@@ -97,12 +97,13 @@ def test_warmup_steps_are_supervised_then_the_teacher_starts_from_the_student(da
     assert trainer.unsupervised_weight_factor() == 1.0
 
 
-def test_nnunetv2_train_with_a_warmup_trains_the_method_only_after_it(dataset):
+def test_nnunetv2_train_with_the_warm_start_variant_trains_the_method_only_after_the_warmup(dataset):
+    """``nnUNetTrainerMeanTeacher_warmStart`` = Mean Teacher with ``supervised_warmup_fraction`` 0.5."""
     env = os.environ.copy()
     env.update({"nnUNet_mona_epochs": "2", "nnUNet_mona_iterations": "3", "nnUNet_mona_val_iterations": "1",
-                "nnUNet_mona_trainer_settings": '{"supervised_warmup_fraction": 0.5}',
                 "nnUNet_mona_skip_validation": "1"})
-    trainer = "nnUNetTrainerMeanTeacher"
+    env.pop("nnUNet_mona_trainer_settings", None)
+    trainer = "nnUNetTrainerMeanTeacher_warmStart"
     run_cmd([join(BIN, "nnUNetv2_train"), str(dataset["id"]), "2d", "4", "-tr", trainer, "-device", "cpu"], env=env)
     fold = join(dataset["results"], dataset["name"], f"{trainer}__nnUNetPlans__2d", "fold_4")
     ckpt = torch.load(join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)

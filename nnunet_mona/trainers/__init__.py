@@ -1,7 +1,8 @@
 """nnU-Net trainer classes of nnunet_mona (re-exported by ext_trainers/ for nnU-Net's lookup)."""
 from nnunet_mona.trainers.budget import nnUNetTrainerBudget
 from nnunet_mona.trainers.mean_teacher import (nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_MSE,
-                                             nnUNetTrainerMeanTeacher_classBalanced)
+                                             nnUNetTrainerMeanTeacher_classBalanced,
+                                             nnUNetTrainerMeanTeacher_warmStart)
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 from nnunet_mona.trainers.mona import nnUNetTrainerMONA
 from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix,
@@ -17,7 +18,8 @@ from nnunet_mona.trainers.action import (nnUNetTrainerACTION, nnUNetTrainerACTIO
                                         nnUNetTrainerACTION_noHardQueries)
 
 __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerMeanTeacher",
-           "nnUNetTrainerMeanTeacher_MSE", "nnUNetTrainerMeanTeacher_classBalanced", "nnUNetTrainerMONA",
+           "nnUNetTrainerMeanTeacher_MSE", "nnUNetTrainerMeanTeacher_classBalanced",
+           "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA",
            "nnUNetTrainerMONA_noContrast",
            "nnUNetTrainerMONA_noNN", "nnUNetTrainerMONA_noEquivariance", "nnUNetTrainerMONA_stratified",
            "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",
