@@ -114,3 +114,22 @@ def test_nnunetv2_train_with_the_warm_start_variant_trains_the_method_only_after
     assert ckpt["semi_supervised"]["teacher"]["num_updates"].item() == 3  # the semi-supervised epoch's steps only
     log = open(join(fold, sorted(f for f in os.listdir(fold) if f.startswith("training_log"))[-1])).read()
     assert "Supervised warm-up: epochs 0-0" in log and "Supervised warm-up done (1 epochs)" in log
+
+
+def test_monas_entropy_split_schedule_starts_at_the_switch(dataset, monkeypatch):
+    """MONA's reliability alpha decays over the semi-supervised epochs only, as in a second training."""
+    import nnunet_mona.trainers.mona as mona_module
+    from nnunet_mona.trainers.ready_trainer import make_trainer
+    monkeypatch.setenv("nnUNet_mona_epochs", "4")
+    trainer = make_trainer("nnUNetTrainerMONA", join(dataset["preprocessed"], dataset["name"]), fold=3,
+                           class_overrides={"supervised_warmup_fraction": 0.5})
+    labeled, unlabeled = fake_batches(trainer)
+    monkeypatch.setattr(trainer, "next_unlabeled_batch", lambda: unlabeled)
+    progress = []
+    schedule = mona_module.alpha_schedule
+    monkeypatch.setattr(mona_module, "alpha_schedule", lambda p, a0: progress.append(p) or schedule(p, a0))
+    for epoch in (2, 3):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        trainer.train_step(labeled)
+    assert progress == [0.0, 0.5]

@@ -347,7 +347,7 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
         gt, pseudo, teacher_probs = self._contrast_targets(size, student_input, labeled_target)
         # reliable / unreliable unlabeled pixels by the entropy of the student's prediction (MONA code)
         student_probs = resize_nearest(torch.softmax(logits_u.detach().float(), 1), size)
-        alpha = alpha_schedule(self.current_epoch / max(1, self.num_epochs), self.contrast_alpha0)
+        alpha = alpha_schedule(self.semi_supervised_progress(), self.contrast_alpha0)
         reliable_u, unreliable_u = reliability_masks(student_probs, pseudo >= 0, alpha)
         labeled_valid = gt >= 0  # labeled pixels: reliable = unreliable = all valid (MONA)
         loss, keys, key_labels = anatomical_contrast_loss(

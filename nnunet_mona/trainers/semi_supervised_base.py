@@ -317,6 +317,13 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         self.print_to_log_file(f"Supervised warm-up done ({self.supervised_warmup_epochs} epochs): teacher copied "
                                f"from the student, SGD momentum cleared; semi-supervised training starts")
 
+    def semi_supervised_progress(self) -> float:
+        """Share in [0, 1] of the semi-supervised epochs done before the current one (0 during the warm-up): the
+        clock of the methods' schedules, which start at the switch as a second training would."""
+        semi_supervised_epochs = self.num_epochs - self.supervised_warmup_epochs
+        done = self.current_epoch - self.supervised_warmup_epochs
+        return min(max(done / max(1, semi_supervised_epochs), 0.0), 1.0)
+
     def unsupervised_weight_factor(self) -> float:
         """Ramp-up factor in [0, 1] for every unsupervised term at the current epoch (0 during the warm-up)."""
         if self.in_supervised_warmup():
