@@ -237,6 +237,15 @@ def test_trainer_overrides_from_the_environment_are_part_of_the_protocol_and_the
     assert "for every row: none (each trainer's defaults)" in markdown(results)
 
 
+def test_a_row_missing_for_a_labeled_count_gets_no_bar_and_says_so():
+    from nnunet_mona.benchmark.report import bar_heights_and_labels
+    runs = [{"n_labeled": 3, "trainer": "MT", "status": "ok", "summary": {"mona": {"mean": {"dice": 0.724}}}},
+            {"n_labeled": 7, "trainer": "MT", "status": "failed", "summary": None}]
+    results = {"runs": runs}
+    heights, labels = bar_heights_and_labels(results, "MT", [1, 3, 7])
+    assert heights == pytest.approx([0.0, 72.4, 0.0]) and labels == ["not run", "72.4", "failed"]
+
+
 def test_rows_of_an_earlier_invocation_stay_in_the_report_while_their_metrics_exist(tmp_path):
     from nnunet_mona.benchmark.earlier_rows import keep_earlier_rows
     from nnunet_mona.benchmark.report import EARLIER_MARK, bar_chart, markdown

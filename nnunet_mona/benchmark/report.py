@@ -1,6 +1,6 @@
 """``results.md`` (protocol and tables) and ``results.png`` (bar chart) from the ``results.json`` dictionary."""
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from nnunet_mona.benchmark.published import SOURCE
 
@@ -129,6 +129,21 @@ def markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def bar_heights_and_labels(results: dict, trainer: str, counts: List[int]) -> Tuple[List[float], List[str]]:
+    """One bar per labeled count: its mean Dice in % (MONA protocol) and label; a row that was not run for a count
+    (a folder that collected rows over several invocations) or did not finish gets no bar, only "not run" /
+    "failed": a 0 bar would read as a measured Dice of 0."""
+    heights, labels = [], []
+    for n in counts:
+        run = next((r for r in results["runs"] if r["n_labeled"] == n and r["trainer"] == trainer), None)
+        ok = run is not None and run["status"] == "ok"
+        dice = run["summary"]["mona"]["mean"]["dice"] if ok else None
+        heights.append(0.0 if dice is None else 100 * dice)
+        labels.append("not run" if run is None else "failed" if not ok else "n/a" if dice is None else
+                      f"{100 * dice:.1f}")
+    return heights, labels
+
+
 def bar_chart(results: dict, path: str) -> None:
     """Mean Dice (MONA protocol) per labeled count, one bar per trainer; published MONA as a black tick."""
     import matplotlib
@@ -141,14 +156,10 @@ def bar_chart(results: dict, path: str) -> None:
     # the legend sits right of the axes (inside it covered the lowest bars)
     fig, ax = plt.subplots(figsize=(3.6 + 1.4 * len(counts) * max(1, len(trainers)) / 2, 4))
     for i, t in enumerate(trainers):
-        values = []
-        for n in counts:
-            run = next((r for r in results["runs"] if r["n_labeled"] == n and r["trainer"] == t), None)
-            ok = run is not None and run["status"] == "ok" and run["summary"]["mona"]["mean"]["dice"] is not None
-            values.append(100 * run["summary"]["mona"]["mean"]["dice"] if ok else 0.0)
+        heights, labels = bar_heights_and_labels(results, t, counts)
         xs = [k + (i - (len(trainers) - 1) / 2) * width for k in range(len(counts))]
-        bars = ax.bar(xs, values, width, label=t.replace("nnUNetTrainer", "") or t)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+        bars = ax.bar(xs, heights, width, label=t.replace("nnUNetTrainer", "") or t)
+        ax.bar_label(bars, labels=labels, fontsize=7)
     published = results.get("published", {})
     label_done = False
     for k, n in enumerate(counts):
