@@ -2,7 +2,8 @@
 from nnunet_mona.trainers.budget import nnUNetTrainerBudget
 from nnunet_mona.trainers.mean_teacher import (nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_MSE,
                                              nnUNetTrainerMeanTeacher_classBalanced,
-                                             nnUNetTrainerMeanTeacher_warmStart)
+                                             nnUNetTrainerMeanTeacher_warmStart,
+                                             nnUNetTrainerMeanTeacher_randomStart)
 from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervised
 from nnunet_mona.trainers.mona import nnUNetTrainerMONA
 from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix,
@@ -10,7 +11,8 @@ from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nn
                                                nnUNetTrainerMONA_cutout, nnUNetTrainerMONA_noContrast,
                                                nnUNetTrainerMONA_noEquivariance, nnUNetTrainerMONA_noNN,
                                                nnUNetTrainerMONA_paperRecipe,
-                                               nnUNetTrainerMONA_stratified)
+                                               nnUNetTrainerMONA_stratified, nnUNetTrainerMONA_warmStart,
+                                               nnUNetTrainerMONA_randomStart)
 from nnunet_mona.trainers.mixcl import nnUNetTrainerMixCLPretrain
 from nnunet_mona.trainers.relational_pretrain import (nnUNetTrainerACTIONPretrain, nnUNetTrainerACTIONPretrainEncoder,
                                                       nnUNetTrainerMONAPretrain)
@@ -19,7 +21,8 @@ from nnunet_mona.trainers.action import (nnUNetTrainerACTION, nnUNetTrainerACTIO
 
 __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerMeanTeacher",
            "nnUNetTrainerMeanTeacher_MSE", "nnUNetTrainerMeanTeacher_classBalanced",
-           "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA",
+           "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMeanTeacher_randomStart", "nnUNetTrainerMONA",
+           "nnUNetTrainerMONA_warmStart", "nnUNetTrainerMONA_randomStart",
            "nnUNetTrainerMONA_noContrast",
            "nnUNetTrainerMONA_noNN", "nnUNetTrainerMONA_noEquivariance", "nnUNetTrainerMONA_stratified",
            "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",

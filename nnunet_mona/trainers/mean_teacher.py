@@ -115,3 +115,9 @@ class nnUNetTrainerMeanTeacher_warmStart(nnUNetTrainerMeanTeacher):
     40 epochs) it matched the two-training chain (72.9 / 70.3 vs 72.7 / 72.3, two seeds); with 20 epochs, ten
     Mean Teacher epochs were too few (56.6 vs 61.9 from random weights)."""
     supervised_warmup_fraction = 0.5
+
+
+class nnUNetTrainerMeanTeacher_randomStart(nnUNetTrainerMeanTeacher):
+    """Mean Teacher from random weights: every epoch semi-supervised, the teacher an EMA of the student from the
+    first step (no supervised warm-up). Named so that a result of this recipe keeps its name whatever the default."""
+    supervised_warmup_fraction = 0.0

@@ -60,3 +60,16 @@ class nnUNetTrainerMONA_contrast01(nnUNetTrainerMONA):
     62.9, plain nnU-Net 53.0, MONA without the contrast 60.7): one seed each, the weights do not order, so this is
     within a seed's spread until the GPU seeds of scripts/device/acdc_seeds_jobs_next.txt say otherwise."""
     loss_weights = {**nnUNetTrainerMONA.loss_weights, "contrast": 0.1}
+
+
+class nnUNetTrainerMONA_warmStart(nnUNetTrainerMONA):
+    """Plain nnU-Net, then MONA from its weights, in one ``nnUNetv2_train``: the first half of the epochs is
+    nnU-Net's supervised step alone, then the teacher is copied from the student, the poly LR starts again and
+    MONA's schedules (entropy split, ramp-up) count from the switch (``supervised_warmup_fraction``)."""
+    supervised_warmup_fraction = 0.5
+
+
+class nnUNetTrainerMONA_randomStart(nnUNetTrainerMONA):
+    """MONA from random weights: every epoch semi-supervised (no supervised warm-up). Named so that a result of
+    this recipe keeps its name whatever the default."""
+    supervised_warmup_fraction = 0.0
