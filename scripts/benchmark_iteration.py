@@ -15,8 +15,7 @@ growth of the process's peak resident set (``ru_maxrss``) over the resident set 
 trainer was initialised and its loaders started, i.e. what the training steps themselves add
 (activations, gradients, optimizer state, teacher, banks). Each trainer runs in its own Python
 process (``--in-process`` turns that off), so one trainer's peak cannot hide the next one's.
-The first trainer is the reference for the ratios (the issue's target: MONA <= 2x time and memory
-of plain nnU-Net). With ``torch.compile`` (default on CUDA) keep warm-up >= 3 so compilation is
+The first trainer is the reference for the ratios (x time, x memory). With ``torch.compile`` (default on CUDA) keep warm-up >= 3 so compilation is
 not timed.
 """
 import argparse

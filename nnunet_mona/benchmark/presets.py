@@ -11,8 +11,8 @@ here, its 50 would cost minutes per training), seed 0, CPU, prediction without m
 volumes.
 
 ``acdc_cpu_quarter`` -- the same protocol at a quarter of the in-plane resolution (``nnUNetv2_mona_convert_acdc_h5 -i
-ACDC -d 28 --downsample 4``; 2d plans patch 64 x 56), sized to finish in 90 minutes on a slow 2-core CPU (where
-``acdc_cpu`` takes about 2.5 hours) with two rows added: offline self-training, and Mean Teacher started from the
+ACDC -d 28 --downsample 4``; 2d plans patch 64 x 56), sized for a 2-core CPU within about 90 minutes, with
+two rows added: offline self-training, and Mean Teacher started from the
 plain row's model (the chain ``nnUNetTrainerBudget+nnUNetTrainerMeanTeacher``: as self-training, two trainings, the
 first shared with the plain row). Rows: plain nnU-Net, self-training, Mean Teacher, MONA, plain -> Mean Teacher.
 """

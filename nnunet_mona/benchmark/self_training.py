@@ -1,4 +1,4 @@
-"""Offline self-training, the benchmark row ``SelfTraining`` (nnU-Net's advice for unlabeled data, issue #2233).
+"""Offline self-training, the benchmark row ``SelfTraining`` (nnU-Net's maintainers' advice for unlabeled data).
 
 1. plain nnU-Net (``nnUNetTrainerBudget``) on the fold's labeled cases -- the benchmark's own plain row, trained once
    and shared when both rows run;

@@ -387,7 +387,8 @@ def add_common_arguments(parser, default_id: int, default_name: str) -> None:
     parser.add_argument("--downsample", default=1, metavar="F",
                         help="in-plane downsampling factor, a positive integer (default 1: native). F x F blocks: "
                              "image mean, label majority with ties to the higher label; spacing x F. "
-                             "--downsample 2 is the CPU-scale ACDC protocol (README)")
+                             "--downsample 2 / 4: the CPU-scale ACDC protocols (nnUNetv2_mona_benchmark "
+                             "--preset acdc_cpu / acdc_cpu_quarter)")
     parser.add_argument("--progress_every", type=int, default=20, metavar="K",
                         help="print a progress line every K volumes (default 20)")
 

@@ -106,7 +106,7 @@ class UnlabeledImageDataset(object):
         self.folders_by_id = dict(folders_by_id)
         self.identifiers = sorted(self.folders_by_id)
         blosc2.set_nthreads(1)
-        # mmap does not work on Windows (nnU-Net issue #2723), same switch as nnUNetDatasetBlosc2
+        # mmap does not work on Windows; same switch as nnUNetDatasetBlosc2
         self.mmap_kwargs = {} if os.name == "nt" else {"mmap_mode": "r"}
 
     def __len__(self) -> int:

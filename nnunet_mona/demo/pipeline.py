@@ -127,8 +127,8 @@ def configure_environment(s: DemoSettings) -> None:
     os.environ.setdefault("nnUNet_def_n_proc", str(s.num_processes))
     # torch.compile costs minutes and pays off only in long runs (nnU-Net never compiles on CPU anyway)
     os.environ.setdefault("nnUNet_compile", "f")
-    # OpenMP threads that spin while they wait steal the cores nnU-Net's augmentation workers need: measured on
-    # 2 cores beside another job, a 64x64 forward/backward took 2.16 s with spinning threads, 0.22 s without
+    # OpenMP threads that spin while they wait steal the cores nnU-Net's augmentation workers need
+    # (scripts/benchmark_omp_wait.py compares the two policies)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # fold 'all' validates on the training cases: minutes of worker start-up on a small CPU for nothing
     os.environ.setdefault("nnUNet_mona_skip_validation", "1")

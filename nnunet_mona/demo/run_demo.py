@@ -20,11 +20,9 @@ from nnunet_mona.demo.pipeline import DatasetSettings, DemoSettings, TrainingSet
 
 DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
 SEMI_SUPERVISED = ("MeanTeacher", "MONA", "ACTION", "MixCL", "SemiSupervised")
-# The default scenario (issue #12): labeled patients from one scanner, unlabeled and test patients from scanners
-# up to scanner_shift away (synthetic_dataset.seen_by_scanner), no rare lesion class (Mean Teacher loses on it:
-# README). 20 x 50 iterations: at 10 x 15 neither trainer had learnt enough for the scanner gap to show. On an
-# idle 2-core CPU it took 9 min 10 s - 9 min 38 s with Mean Teacher ahead by +2.8 / +3.6 / +5.9 mean Dice at
-# seeds 0 / 1 / 2 (README's 3-seed table).
+# The default scenario: labeled patients from one scanner, unlabeled and test patients from scanners up to
+# scanner_shift away (synthetic_dataset.seen_by_scanner), no rare lesion class (Mean Teacher loses on it; see
+# docs/results.md). 20 x 50 iterations: with much fewer, neither trainer learns enough for the scanner gap to show.
 PRESETS = {
     "default": {"num_labeled": 3, "num_unlabeled": 30, "num_test": 8, "size": [64, 64], "num_slices": 3,
                 "epochs": 20, "iterations": 50, "val_iterations": 2, "scanner_shift": 1.0,

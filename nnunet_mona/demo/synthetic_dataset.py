@@ -174,8 +174,8 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int = 990, dataset_name: 
 
     ``scanner_shift`` > 0 simulates a multi-scanner population: labeled patients all come from one scanner
     (shift 0), every unlabeled and test patient from a scanner drawn uniformly in [0, scanner_shift]
-    (``seen_by_scanner``). With 0 (default) every patient looks the same way (and the random stream, hence the
-    data of a given seed, is what it was before the option existed).
+    (``seen_by_scanner``). With 0 (default) every patient looks the same way (and the random stream of a seed does
+    not depend on the option).
 
     With ``scanner_shift`` > 0 the scanner shift of every case is written to ``scanners.json`` in the dataset
     folder (``read_scanner_shifts``). Returns the case ids per role: ``{'labeled', 'unlabeled', 'test'}``.

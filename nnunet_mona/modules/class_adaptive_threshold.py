@@ -2,9 +2,9 @@
 self-adaptive class thresholds; the trainer's fixed threshold is the ceiling).
 
 Why: with very few labeled patients the teacher is 0.99-sure of the background and never 0.9-sure of a thin
-structure on the unlabeled images, so a fixed threshold of 0.9 passes background pseudo-labels only (ACDC, one
-labeled patient: the pseudo-label Dice term sat at 1.0, no confident foreground pixel, for the first 10 of 20
-epochs, with or without distribution alignment) and the student is taught to miss the structure. Here each
+structure on the unlabeled images, so a fixed threshold of 0.9 passes background pseudo-labels only (no confident
+foreground pixel for a large part of a short training, with or without distribution alignment) and the student
+is taught to miss the structure. Here each
 class gets the threshold
 
     tau_c = max(floor, ceiling * conf_c / max_k conf_k)

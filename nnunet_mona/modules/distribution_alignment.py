@@ -15,12 +15,9 @@ checkpointed, so a resumed run aligns exactly as an uninterrupted one.
 The two means forget at different rates. The labeled share is stationary (random patches of fixed labels):
 ``momentum`` 0.99. The teacher's share is not: it starts near uniform (a random network) and falls to the true
 background share within a few epochs, so a slow mean keeps the random start's foreground share for hundreds of
-steps and suppresses the foreground that alignment should restore (ACDC, 3 labeled, momentum 0.99: the running
-myocardium share was still 0.07 at step 200 against 0.026 labeled, and the pseudo-label Dice sat at 0.8-1.0, no
-confident foreground, for the first 5 epochs). ``teacher_momentum`` 0.9 follows it within ~10 steps, but measured
-on ACDC it did not raise Dice (Mean Teacher, 1 labeled patient: 21.8 vs 23.9 with 0.99, one seed), so the default
-stays 0.99, the setting with the measured 3-labeled gain; 0.9 is an option (trainer setting
-``alignment_teacher_momentum``).
+steps and suppresses the foreground that alignment should restore. ``teacher_momentum`` 0.9 follows the teacher
+within ~10 steps; the default is 0.99, the setting of the results in docs/results.md, and the other value is a
+trainer attribute (``alignment_teacher_momentum``, see docs/configuration.md).
 """
 from typing import Dict, Optional
 

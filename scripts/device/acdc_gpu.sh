@@ -5,7 +5,7 @@
 #
 # On the device, after staging (../shared/device/README.md), in one call of at most 9 minutes:
 #   bash .dev/stage.sh data && source /tmp/env.sh && bash scripts/device/acdc_gpu.sh
-# CPU dry run with a token budget (same code path; see README "GPU run (device script)"):
+# CPU dry run with a token budget (same code path; see scripts/device/README.md):
 #   bash scripts/device/acdc_gpu.sh --device cpu --acdc /work/data/ACDC --epochs 1 --iterations 2 ...
 #
 # Needs nnUNet_raw / nnUNet_preprocessed / nnUNet_results set and nnU-Net's commands on PATH (the staging's

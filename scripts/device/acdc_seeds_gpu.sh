@@ -2,7 +2,7 @@
 # Seeds of the CPU-scale ACDC protocol on the device's GPU, in one call: many (trainer, labeled, seed, settings)
 # trainings at once, each predicted (student and, for EMA trainers, teacher) and evaluated on the val volumes.
 # The CPU protocol's preprocessed data travels as a tarball (no conversion or planning on the device), so every
-# row trains on exactly the data of the README's CPU rows; only the hardware (and so the numerics) differs.
+# row trains on exactly the data of the CPU rows (docs/results.md); only the hardware (and so the numerics) differs.
 #
 # Here, once (PRE: the CPU protocol's preprocessed dataset; RAW: its raw folder with imagesTs / labelsTs):
 #   bash scripts/device/acdc_seeds_gpu.sh --pack --pre /work/exp/pre/Dataset027_ACDC_SSL \
@@ -82,7 +82,7 @@ train_one() {  # PREPROCESSED RESULTS TRAINER SEED SETTINGS LOG
     timeout -k 5 "$(until_deadline)" \
     nnUNetv2_train 27 2d 0 -tr "$3" -p nnUNetPlans_b8 -device "$DEVICE" >> "$6" 2>&1
 }
-# TRAINER SelfTraining = offline self-training (nnU-Net's advice, issue #2233): plain nnU-Net, pseudo-labels of
+# TRAINER SelfTraining = offline self-training (nnU-Net's maintainers' advice): plain nnU-Net, pseudo-labels of
 # the fold's unlabeled cases (nnunet_mona.benchmark.self_training), plain nnU-Net again on labeled + pseudo-labeled
 real_trainer() { [ "$1" = SelfTraining ] && echo nnUNetTrainerBudget || echo "$1"; }
 train_job() {  # TAG TRAINER LABELED SEED SETTINGS
