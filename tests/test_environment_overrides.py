@@ -1,11 +1,20 @@
-"""Environment overrides of the trainers: nnUNet_mona_skip_validation skips the final validation nnUNetv2_train
-runs after training (never a validation-only --val call; a bad value is an error), nnUNet_mona_loss_weights
-overrides loss-term weights for one run (unknown terms and bad weights are errors before any training)."""
+"""The trainers' environment: nnUNet_mona_skip_validation skips the final validation nnUNetv2_train runs after
+training (never a validation-only --val call; a bad value is an error). The removed overrides
+nnUNet_mona_trainer_settings / nnUNet_mona_loss_weights stop every trainer before nnU-Net creates anything, naming
+the variant class that replaces the value (or the subclass to write), and each such variant has exactly the values
+of the override it replaces."""
+import json
+import os
+import textwrap
 from types import SimpleNamespace
 
 import pytest
 
+import nnunet_mona.trainers as trainers
 from nnunet_mona.trainers.budget import SKIP_VALIDATION_VARIABLE, validation_skipped
+from nnunet_mona.trainers.removed_overrides import (LOSS_WEIGHTS_VARIABLE, OVERRIDE_VARIANTS, REMOVED_VARIABLES,
+                                                    TRAINER_SETTINGS_VARIABLE, RemovedOverrideError, canonical,
+                                                    refuse_removed_overrides, set_overrides, subclass_code)
 
 
 def _trainer(trained_this_run: bool):
@@ -37,92 +46,106 @@ def test_bad_value_is_an_error_naming_the_variable(monkeypatch, bad):
         validation_skipped(_trainer(True)[0])
 
 
-# ---------------------------------------------------------------- nnUNet_mona_loss_weights
-from nnunet_mona.trainers.budget import LOSS_WEIGHTS_VARIABLE, apply_loss_weights_from_environment  # noqa: E402
+# ---------------------------------------------------------------- removed overrides -> variant classes
+def _clear(monkeypatch):
+    for variable in REMOVED_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
 
 
-class _Weighted:
-    loss_weights = {"unsup": 1.0, "unsup_dice": 1.0}
-
-    def __init__(self):
-        self.lines = []
-
-    def print_to_log_file(self, *args):
-        self.lines.append(" ".join(map(str, args)))
+def _construct(name: str, tmp_path, monkeypatch):
+    """Constructs trainer ``name`` as nnUNetv2_train does, with results going to ``tmp_path``."""
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    return getattr(trainers, name)({}, "2d", 0, {}, device=None)
 
 
-def test_loss_weights_override_the_instance_not_the_class(monkeypatch):
-    monkeypatch.setenv(LOSS_WEIGHTS_VARIABLE, '{"unsup": 0, "unsup_dice": 0.5}')
-    trainer = _Weighted()
-    apply_loss_weights_from_environment(trainer)
-    assert trainer.loss_weights == {"unsup": 0.0, "unsup_dice": 0.5}
-    assert _Weighted.loss_weights == {"unsup": 1.0, "unsup_dice": 1.0}
-    assert any(LOSS_WEIGHTS_VARIABLE in line for line in trainer.lines)
-    monkeypatch.delenv(LOSS_WEIGHTS_VARIABLE)
-    other = _Weighted()
-    apply_loss_weights_from_environment(other)
-    assert other.loss_weights == {"unsup": 1.0, "unsup_dice": 1.0} and other.lines == []
+@pytest.mark.parametrize("trainer, variable, value, variant", OVERRIDE_VARIANTS,
+                         ids=[f"{t}-{json.dumps(v)}" for t, _, v, _ in OVERRIDE_VARIANTS])
+def test_a_set_override_stops_the_trainer_naming_the_variant(trainer, variable, value, variant, tmp_path,
+                                                             monkeypatch):
+    _clear(monkeypatch)
+    monkeypatch.setenv(variable, json.dumps(value))
+    with pytest.raises(RemovedOverrideError) as info:
+        _construct(trainer, tmp_path, monkeypatch)
+    message = str(info.value)
+    assert variable in message and "no longer exists" in message and "Nothing was trained" in message
+    if variant == trainer:
+        assert f"These are {trainer}'s defaults" in message
+    else:
+        assert f"-tr {variant}" in message
+    assert not (tmp_path / "results").exists()  # refused before nnU-Net made a folder
 
 
-@pytest.mark.parametrize("raw, message", [
-    ('{"contrast": 0}', "not loss terms"), ('{"unsup": -1}', ">= 0"), ('{"unsup": "x"}', ">= 0"),
-    ('{"unsup": true}', ">= 0"), ("unsup=0", "JSON object"), ("[0]", "JSON object"),
-])
-def test_bad_loss_weights_are_errors_naming_the_variable(monkeypatch, raw, message):
-    monkeypatch.setenv(LOSS_WEIGHTS_VARIABLE, raw)
-    with pytest.raises(ValueError, match=message) as info:
-        apply_loss_weights_from_environment(_Weighted())
-    assert LOSS_WEIGHTS_VARIABLE in str(info.value)
+def test_the_same_override_spelt_otherwise_finds_the_same_variant(monkeypatch):
+    _clear(monkeypatch)
+    for spelling in ('{"unsup":0}', ' {"unsup": 0.0} '):
+        monkeypatch.setenv(LOSS_WEIGHTS_VARIABLE, spelling)
+        with pytest.raises(RemovedOverrideError, match="-tr nnUNetTrainerMeanTeacher_noPseudoLabelCE"):
+            refuse_removed_overrides("nnUNetTrainerMeanTeacher")
+    assert canonical('{"b": 1, "a": true}') == canonical({"a": True, "b": 1.0})
 
 
-# ---------------------------------------------------------------- nnUNet_mona_trainer_settings
-from nnunet_mona.trainers.mean_teacher import nnUNetTrainerMeanTeacher  # noqa: E402
-from nnunet_mona.trainers.trainer_settings import (TRAINER_SETTINGS_VARIABLE,  # noqa: E402
-                                                   apply_trainer_settings_from_environment, settable_attributes)
+@pytest.mark.parametrize("name", ["nnUNetTrainerBudget", "nnUNetTrainerMONA", "nnUNetTrainerMixCLPretrain"])
+def test_every_trainer_refuses_and_blank_values_are_ignored(name, tmp_path, monkeypatch):
+    _clear(monkeypatch)
+    monkeypatch.setenv(TRAINER_SETTINGS_VARIABLE, '{"confidence_threshold": 0.5}')
+    with pytest.raises(RemovedOverrideError, match=TRAINER_SETTINGS_VARIABLE):
+        _construct(name, tmp_path, monkeypatch)
+    monkeypatch.setenv(TRAINER_SETTINGS_VARIABLE, "  ")
+    monkeypatch.setenv(LOSS_WEIGHTS_VARIABLE, "")
+    refuse_removed_overrides(name)  # blank: not set
 
 
-class _MeanTeacherLike(nnUNetTrainerMeanTeacher):
-    """The real class's attributes without nnU-Net's set-up (no plans, no dataset)."""
-
-    def __init__(self):
-        self.lines = []
-
-    def print_to_log_file(self, *args):
-        self.lines.append(" ".join(map(str, args)))
-
-
-def test_settable_attributes_are_the_scalar_class_attributes():
-    settable = settable_attributes(nnUNetTrainerMeanTeacher)
-    assert settable["confidence_threshold"] == 0.9 and settable["mix_mode"] == "cutmix"
-    assert settable["ema_decay"] == 0.99 and settable["use_pseudo_label_dice"] is True
-    assert "loss_weights" not in settable  # a dict: nnUNet_mona_loss_weights sets it
-
-
-def test_trainer_settings_override_the_instance_not_the_class(monkeypatch):
-    monkeypatch.setenv(TRAINER_SETTINGS_VARIABLE, '{"confidence_threshold": 0.7, "ema_decay": 1, '
-                                                  '"mix_mode": "none", "use_pseudo_label_dice": false}')
-    trainer = _MeanTeacherLike()
-    applied = apply_trainer_settings_from_environment(trainer)
-    assert applied == {"confidence_threshold": 0.7, "ema_decay": 1.0, "mix_mode": "none",
-                       "use_pseudo_label_dice": False}
-    assert trainer.confidence_threshold == 0.7 and isinstance(trainer.ema_decay, float)
-    assert trainer.mix_mode == "none" and trainer.use_pseudo_label_dice is False
-    assert nnUNetTrainerMeanTeacher.confidence_threshold == 0.9 and nnUNetTrainerMeanTeacher.mix_mode == "cutmix"
-    assert any(TRAINER_SETTINGS_VARIABLE in line for line in trainer.lines)
-    monkeypatch.delenv(TRAINER_SETTINGS_VARIABLE)
-    other = _MeanTeacherLike()
-    assert apply_trainer_settings_from_environment(other) == {} and other.confidence_threshold == 0.9
+def test_an_unknown_value_gets_a_subclass_that_nnunet_finds(tmp_path, monkeypatch):
+    """The error's recipe, saved where it says and added to nnUNet_extTrainer, is a trainer with those values."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_mona.cli import ext_trainer_env_value
+    _clear(monkeypatch)
+    monkeypatch.setenv(TRAINER_SETTINGS_VARIABLE, '{"mix_mode": "none", "confidence_threshold": 0.95}')
+    monkeypatch.setenv(LOSS_WEIGHTS_VARIABLE, '{"unsup": 0}')
+    with pytest.raises(RemovedOverrideError) as info:
+        refuse_removed_overrides("nnUNetTrainerMeanTeacher")
+    message = str(info.value)
+    assert "these environment variables no longer exist" in message and "nnUNet_extTrainer" in message
+    code = subclass_code("nnUNetTrainerMeanTeacher", set_overrides())
+    assert textwrap.indent(code, "    ") in message + "\n"
+    folder = tmp_path / "nnunet_trainers"
+    folder.mkdir()
+    (folder / "my_variants.py").write_text(code + "\n")
+    monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_env_value(str(folder)))
+    cls = recursive_find_trainer_class_by_name("nnUNetTrainerMeanTeacher_mySetting")
+    assert issubclass(cls, trainers.nnUNetTrainerMeanTeacher) and cls.__doc__
+    assert cls.mix_mode == "none" and cls.confidence_threshold == 0.95
+    assert cls.loss_weights == {"unsup": 0.0, "unsup_dice": 1.0}
+    _clear(monkeypatch)
 
 
-@pytest.mark.parametrize("raw, message", [
-    ('{"confidence_treshold": 0.7}', "not settable"), ('{"confidence_threshold": "0.7"}', "must be a float"),
-    ('{"use_pseudo_label_dice": 1}', "must be a bool"), ('{"mix_mode": 0}', "must be a str"),
-    ('{"loss_weights": {}}', "not settable"), ("threshold=0.7", "JSON object"), ("[0.7]", "JSON object"),
-])
-def test_bad_trainer_settings_are_errors_naming_the_variable(monkeypatch, raw, message):
-    monkeypatch.setenv(TRAINER_SETTINGS_VARIABLE, raw)
-    trainer = _MeanTeacherLike()
-    with pytest.raises(ValueError, match=message) as info:
-        apply_trainer_settings_from_environment(trainer)
-    assert TRAINER_SETTINGS_VARIABLE in str(info.value)
-    assert trainer.confidence_threshold == 0.9  # nothing half-applied
+def _scalar_attributes(cls) -> dict:
+    found = {}
+    for klass in reversed(cls.__mro__):
+        found.update({k: v for k, v in vars(klass).items()
+                      if not k.startswith("_") and isinstance(v, (bool, int, float, str, dict, tuple))})
+    return found
+
+
+@pytest.mark.parametrize("trainer, variable, value, variant", OVERRIDE_VARIANTS,
+                         ids=[f"{v}-{json.dumps(o)}" for _, _, o, v in OVERRIDE_VARIANTS])
+def test_each_variant_has_the_values_of_the_override_it_replaces(trainer, variable, value, variant):
+    base, cls = getattr(trainers, trainer), getattr(trainers, variant)
+    assert issubclass(cls, base) and variant in trainers.__all__
+    assert variant == trainer or (cls.__doc__ and variant.startswith(trainer + "_"))
+    expected = dict(_scalar_attributes(base))
+    if variable == LOSS_WEIGHTS_VARIABLE:
+        expected["loss_weights"] = {**base.loss_weights, **{k: float(v) for k, v in value.items()}}
+    else:
+        expected.update(value)
+    got = _scalar_attributes(cls)
+    assert {k: got[k] for k in expected} == expected  # the override's values, nothing else changed
+    for name, v in value.items():
+        if variable == TRAINER_SETTINGS_VARIABLE:
+            assert type(getattr(cls, name)) is type(getattr(base, name)), name  # 1 for 1.0 would pass ==
+
+
+def test_every_mapping_is_in_the_configuration_guide():
+    guide = open(os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md")).read()
+    for trainer, variable, value, variant in OVERRIDE_VARIANTS:
+        assert f"`{variant}`" in guide, variant

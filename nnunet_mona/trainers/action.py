@@ -99,3 +99,8 @@ class nnUNetTrainerACTION_noHardNegatives(nnUNetTrainerACTION):
 class nnUNetTrainerACTION_noHardQueries(nnUNetTrainerACTION):
     """ACTION without hard queries: anchors drawn from every valid pixel of the class."""
     contrast_hard_query_threshold = None
+
+
+class nnUNetTrainerACTION_logGradientNorms(nnUNetTrainerACTION):
+    """Logs each term's decoder-gradient norm relative to the supervised loss once per epoch (a diagnostic)."""
+    log_gradient_norms = True

@@ -12,19 +12,17 @@ and torch (with ``nnUNet_n_proc_DA=0`` a CPU run is then repeatable). Unset: nnU
 ``nnUNet_mona_skip_validation=1`` skips the validation ``nnUNetv2_train`` runs after training
 (``nnUNetv2_train ... --val`` still runs it): with fold ``all`` it predicts the training cases, which
 tells nothing, and on a small CPU it costs minutes (export worker processes that import nnU-Net).
-``nnUNet_mona_loss_weights`` (semi-supervised trainers) overrides loss-term weights for one run, as
-JSON: ``nnUNet_mona_loss_weights='{"unsup": 0, "unsup_dice": 0}'`` trains Mean Teacher with its
-unsupervised path switched off (the ablation without a new trainer class).
+Everything else a trainer does is set by its class (variants: docs/configuration.md).
 """
-import json
 import os
 import random
-from typing import Optional
 
 import numpy as np
 
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_mona.trainers.removed_overrides import refuse_removed_overrides
 
 BUDGET_VARIABLES = {
     "nnUNet_mona_epochs": "num_epochs",
@@ -34,7 +32,6 @@ BUDGET_VARIABLES = {
 }
 SEED_VARIABLE = "nnUNet_mona_seed"
 SKIP_VALIDATION_VARIABLE = "nnUNet_mona_skip_validation"
-LOSS_WEIGHTS_VARIABLE = "nnUNet_mona_loss_weights"
 
 
 def _positive_int(variable: str, raw: str, minimum: int = 1) -> int:
@@ -74,40 +71,6 @@ def apply_budget_from_environment(trainer: nnUNetTrainer) -> None:
         trainer.print_to_log_file(f"random seed = {seed} (from {SEED_VARIABLE})")
 
 
-def json_object_from_environment(variable: str, example: str) -> Optional[dict]:
-    """The JSON object in environment variable ``variable`` (None when unset or blank); anything that is not a
-    JSON object is an error naming the variable and showing ``example``."""
-    raw = os.environ.get(variable, "").strip()
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{variable} must be a JSON object such as '{example}', got {raw!r} ({e})") from None
-    if not isinstance(value, dict):
-        raise ValueError(f"{variable} must be a JSON object such as '{example}', got {raw!r}")
-    return value
-
-
-def apply_loss_weights_from_environment(trainer) -> None:
-    """Overrides ``trainer.loss_weights`` (an instance copy; the class keeps its defaults) with the JSON object
-    in ``nnUNet_mona_loss_weights``. Unknown terms and negative or non-numeric weights are errors that name
-    the valid terms, raised before any training."""
-    override = json_object_from_environment(LOSS_WEIGHTS_VARIABLE, '{"unsup": 0}')
-    if override is None:
-        return
-    valid = dict(trainer.loss_weights)
-    unknown = sorted(set(override) - set(valid))
-    if unknown:
-        raise ValueError(f"{LOSS_WEIGHTS_VARIABLE}: {unknown} are not loss terms of {type(trainer).__name__}; its "
-                         f"terms and weights are {valid}")
-    for term, weight in override.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-            raise ValueError(f"{LOSS_WEIGHTS_VARIABLE}: the weight of {term!r} must be a number >= 0, got {weight!r}")
-    trainer.loss_weights = {**valid, **{k: float(v) for k, v in override.items()}}
-    trainer.print_to_log_file(f"loss_weights = {trainer.loss_weights} (from {LOSS_WEIGHTS_VARIABLE})")
-
-
 def validation_skipped(trainer: nnUNetTrainer) -> bool:
     """True (and a line in the training log) when ``nnUNet_mona_skip_validation`` asks to skip the final
     validation of a run that has just trained. ``nnUNetv2_train --val`` (validation only) is never skipped."""
@@ -140,5 +103,6 @@ class nnUNetTrainerBudget(TrainedThisRun, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        refuse_removed_overrides(type(self).__name__)  # before nnU-Net creates anything
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget_from_environment(self)

@@ -52,7 +52,7 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
         # a misspelt mode would otherwise stop the run only at its first step, after the loaders started
         if self.mix_mode not in MEAN_TEACHER_MIX_MODES:
             raise ValueError(f"{self.__class__.__name__}: unknown mix_mode {self.mix_mode!r}; use one of "
-                             f"{', '.join(MEAN_TEACHER_MIX_MODES)} (nnUNet_mona_trainer_settings)")
+                             f"{', '.join(MEAN_TEACHER_MIX_MODES)} (a class attribute of the variant)")
         super().initialize()
 
     def make_student_unlabeled_input(self, unlabeled, teacher_out) -> Dict[str, torch.Tensor]:

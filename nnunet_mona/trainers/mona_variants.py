@@ -73,3 +73,8 @@ class nnUNetTrainerMONA_randomStart(nnUNetTrainerMONA):
     """MONA from random weights: every epoch semi-supervised (no supervised warm-up). Named so that a result of
     this recipe keeps its name whatever the default."""
     supervised_warmup_fraction = 0.0
+
+
+class nnUNetTrainerMONA_fp32(nnUNetTrainerMONA):
+    """MONA in fp32 on CUDA (no fp16 autocast / gradient scaler): tells a precision problem from a method problem."""
+    mixed_precision = False

@@ -34,17 +34,16 @@ from torch import autocast, nn
 from torch import distributed as dist
 
 from nnunet_mona.data.paths import unlabeled_preprocessed_folder
-from nnunet_mona.trainers.budget import (TrainedThisRun, apply_budget_from_environment,
-                                         apply_loss_weights_from_environment, seed_from_environment)
+from nnunet_mona.trainers.budget import TrainedThisRun, apply_budget_from_environment, seed_from_environment
 from nnunet_mona.modules.class_adaptive_threshold import ClassAdaptiveThreshold
 from nnunet_mona.modules.distribution_alignment import ClassDistributionAlignment
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
 from nnunet_mona.trainers.gradient_monitor import relative_gradient_norms
 from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
+from nnunet_mona.trainers.removed_overrides import refuse_removed_overrides
 from nnunet_mona.trainers.supervised_warmup import PhasedPolyLRScheduler, supervised_warmup_epochs
 from nnunet_mona.trainers.term_monitor import degenerate_term_warnings
-from nnunet_mona.trainers.trainer_settings import apply_trainer_settings_from_environment
 
 
 def sigmoid_rampup(progress: float) -> float:
@@ -115,10 +114,9 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
+        refuse_removed_overrides(type(self).__name__)  # before nnU-Net creates anything
         super().__init__(plans, configuration, fold, dataset_json, device)
         apply_budget_from_environment(self)
-        apply_loss_weights_from_environment(self)
-        apply_trainer_settings_from_environment(self)
         self.teacher: Optional[EMATeacher] = None
         self.distribution_alignment: Optional[ClassDistributionAlignment] = None
         self.adaptive_threshold: Optional[ClassAdaptiveThreshold] = None
