@@ -213,28 +213,62 @@ def _report_results(runs, counts, command):
             "runs": runs}
 
 
-def test_trainer_overrides_from_the_environment_are_part_of_the_protocol_and_the_report(tmp_path, monkeypatch):
+def _protocol_args():
     from argparse import Namespace
-    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key, write_stamp
-    from nnunet_mona.benchmark.report import markdown
-    args = Namespace(c="2d", p="nnUNetPlans", fold=0, epochs=20, iterations=50, val_iterations=5, seed=0,
+    return Namespace(c="2d", p="nnUNetPlans", fold=0, epochs=20, iterations=50, val_iterations=5, seed=0,
                      disable_tta=True, batch_size=None)
-    monkeypatch.delenv("nnUNet_mona_loss_weights", raising=False)
-    monkeypatch.delenv("nnUNet_mona_trainer_settings", raising=False)
-    plain = protocol_key(args, "D", {}, "nnUNetPlans", {})
-    assert plain["trainer_overrides"] == {}
-    write_stamp(str(tmp_path), plain)
-    monkeypatch.setenv("nnUNet_mona_trainer_settings", '{"supervised_warmup_fraction": 0.5}')
-    overridden = protocol_key(args, "D", {}, "nnUNetPlans", {})
-    assert overridden["trainer_overrides"] == {"nnUNet_mona_trainer_settings": '{"supervised_warmup_fraction": 0.5}'}
-    with pytest.raises(BenchmarkError, match="trainer_overrides"):  # the defaults' models would be reused
-        check_same_protocol(str(tmp_path), overridden)
+
+
+@pytest.mark.parametrize("where", ["stamp", "results"])
+def test_an_old_folder_trained_with_trainer_overrides_is_refused_naming_the_variants(tmp_path, monkeypatch, where):
+    """Rows trained under the removed nnUNet_mona_trainer_settings / _loss_weights carry the plain trainer names:
+    such a folder is refused before any work, naming the classes that replace the override, and left unchanged."""
+    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key
+    for variable in ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings"):
+        monkeypatch.delenv(variable, raising=False)
+    key = protocol_key(_protocol_args(), "D", {}, "nnUNetPlans", {})
+    assert "trainer_overrides" not in key  # a trainer's configuration is its class name
+    recorded = {**key, "trainer_overrides": {"nnUNet_mona_trainer_settings": '{"supervised_warmup_fraction": 0.5}'}}
+    if where == "stamp":
+        path = tmp_path / "benchmark_protocol.json"
+        path.write_text(json.dumps(recorded))
+        expected = ["nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA_warmStart"]  # no trainer list there
+    else:
+        path = tmp_path / "results.json"
+        path.write_text(json.dumps({"protocol": {**recorded, "trainers": ["nnUNetTrainerBudget + nnUNetTrainerMONA"],
+                                                 "trainer_specs": ["nnUNetTrainerBudget+nnUNetTrainerMONA"]},
+                                    "runs": []}))
+        expected = ["nnUNetTrainerMONA_warmStart (for nnUNetTrainerMONA)"]
+    before = path.read_text()
+    with pytest.raises(BenchmarkError) as info:
+        check_same_protocol(str(tmp_path), key)
+    message = str(info.value)
+    assert "trainer overrides" in message and "no longer exist" in message and "-o" in message
+    for name in expected:
+        assert name in message
+    if where == "results":
+        assert "MeanTeacher" not in message  # only the folder's own trainers
+    assert path.read_text() == before and sorted(os.listdir(tmp_path)) == [path.name]
+
+
+def test_old_folders_without_overrides_stay_readable_and_a_set_variable_stops_the_run(tmp_path, monkeypatch):
+    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key
+    from nnunet_mona.benchmark.report import markdown
+    for variable in ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings"):
+        monkeypatch.delenv(variable, raising=False)
+    key = protocol_key(_protocol_args(), "D", {}, "nnUNetPlans", {})
+    (tmp_path / "benchmark_protocol.json").write_text(json.dumps({**key, "trainer_overrides": {}}))
+    check_same_protocol(str(tmp_path), key)  # recorded before the overrides were removed, none set: the same run
     results = _report_results([_report_run(tmp_path, 3, "MT", 0.6)], [3], "command")
-    results["protocol"]["trainer_overrides"] = overridden["trainer_overrides"]
-    assert """- trainer overrides from the environment, for every row: `nnUNet_mona_trainer_settings='{"supervised""" \
-        in markdown(results)
     results["protocol"]["trainer_overrides"] = {}
-    assert "for every row: none (each trainer's defaults)" in markdown(results)
+    assert "trainer overrides" not in markdown(results)
+    monkeypatch.setenv("nnUNet_mona_loss_weights", '{"unsup": 0, "unsup_dice": 0}')
+    with pytest.raises(BenchmarkError, match="nnUNetTrainerMeanTeacher_noUnsup") as info:
+        check_same_protocol(str(tmp_path / "new"), key)
+    assert "nothing was run" in str(info.value)
+    from nnunet_mona.benchmark.protocol_guard import REMOVED_OVERRIDE_VARIABLES
+    from nnunet_mona.trainers.removed_overrides import REMOVED_VARIABLES
+    assert sorted(REMOVED_OVERRIDE_VARIABLES) == sorted(REMOVED_VARIABLES)
 
 
 def test_a_row_missing_for_a_labeled_count_gets_no_bar_and_says_so():

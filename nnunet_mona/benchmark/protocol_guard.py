@@ -1,30 +1,26 @@
 """Keeps one benchmark output folder to one protocol.
 
 A re-run resumes: steps whose outputs exist are skipped. With other settings that shape the trained models or their
-predictions (budget, seed, plans / batch size, resolution of the data, trainer overrides from the environment such as
-``nnUNet_mona_trainer_settings``, ...) those outputs would be reused and mixed
+predictions (budget, seed, plans / batch size, resolution of the data, ...) those outputs would be reused and mixed
 into a table with the new settings. The benchmark therefore writes the settings that must agree
 (:func:`protocol_key`) to ``OUTPUT/benchmark_protocol.json`` before any training, and refuses a folder whose recorded
 key differs (:func:`check_same_protocol`). A folder from before this check has only ``results.json``; the keys its
-protocol records are compared.
+protocol records are compared. What a trainer does is its class name (a row per variant class), so it needs no key.
+
+Older folders may record ``trainer_overrides``: the environment variables ``nnUNet_mona_trainer_settings`` /
+``nnUNet_mona_loss_weights``, which no longer exist. A folder whose rows were trained with such an override is
+refused, naming the variant classes to benchmark instead; so is a run started while one of them is set.
 """
 import json
 import os
-from typing import Optional
+from typing import List, Optional, Tuple
 
 from nnunet_mona.benchmark.processes import BenchmarkError
 from nnunet_mona.benchmark.evaluate import save_json
 
 STAMP = "benchmark_protocol.json"
-# environment variables that change what every trainer of a run does (its loss weights, its settings); the benchmark
-# passes its environment to every training, so they belong to the protocol and to the report's header
-TRAINER_OVERRIDE_VARIABLES = ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings")
-
-
-def trainer_overrides() -> dict:
-    """{variable: value} of the trainer-override variables set (non-blank) in this process's environment."""
-    found = {v: os.environ.get(v, "").strip() for v in TRAINER_OVERRIDE_VARIABLES}
-    return {v: value for v, value in found.items() if value}
+# as nnunet_mona.trainers.removed_overrides.REMOVED_VARIABLES (not imported here: that imports every trainer)
+REMOVED_OVERRIDE_VARIABLES = ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings")
 
 
 def plans_facts(plans_file: str, configuration: str) -> dict:
@@ -42,24 +38,73 @@ def protocol_key(args, dataset_name: str, dataset_json: dict, plans_name: str, f
     key = {"dataset_name": dataset_name, "inplane_downsample": dataset_json.get("inplane_downsample", 1),
            "configuration": args.c, "plans": plans_name, "source_plans": args.p, "fold": args.fold,
            "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
-           "seed": args.seed, "disable_tta": bool(args.disable_tta), "trainer_overrides": trainer_overrides()}
+           "seed": args.seed, "disable_tta": bool(args.disable_tta)}
     key.update(facts)
     if args.batch_size is not None:
         key["batch_size"] = args.batch_size
     return key
 
 
-def _recorded(output: str) -> Optional[tuple]:
-    stamp, results = os.path.join(output, STAMP), os.path.join(output, "results.json")
-    for path, pick in ((stamp, lambda d: d), (results, lambda d: d.get("protocol", {}))):
+def _recorded_protocols(output: str) -> List[Tuple[str, dict]]:
+    """(path, protocol) of ``benchmark_protocol.json`` and of ``results.json``'s 'protocol', those that exist."""
+    found = []
+    for name, pick in ((STAMP, lambda d: d), ("results.json", lambda d: d.get("protocol", {}))):
+        path = os.path.join(output, name)
         if os.path.isfile(path):
             with open(path) as f:
-                return path, pick(json.load(f))
-    return None
+                found.append((path, pick(json.load(f))))
+    return found
+
+
+def _recorded(output: str) -> Optional[tuple]:
+    found = _recorded_protocols(output)
+    return found[0] if found else None
+
+
+def _trainers_of(protocol: dict) -> Optional[List[str]]:
+    """Every trainer class a recorded protocol names (each stage of a chain), or None if it names none."""
+    specs = protocol.get("trainer_specs") or protocol.get("trainers")
+    if not specs:
+        return None
+    return sorted({stage.strip() for spec in specs for stage in spec.replace(" + ", "+").split("+")})
+
+
+def _instead(overrides: dict, trainers: Optional[List[str]]) -> str:
+    from nnunet_mona.trainers.removed_overrides import variants_for  # imports every trainer: only when needed
+    variants = variants_for(overrides, trainers)
+    if not variants:
+        return ("no named variant class has exactly these values: write one (a subclass that sets the attributes, "
+                "docs/configuration.md) and benchmark it by name")
+    return "benchmark the variant classes instead: " + ", ".join(
+        f"{variant} (for {trainer})" if variant != trainer else f"{trainer} itself (these are its defaults)"
+        for trainer, variant in sorted(variants.items()))
+
+
+def refuse_removed_overrides(output: str) -> None:
+    """Refuse a run started with ``nnUNet_mona_trainer_settings`` / ``nnUNet_mona_loss_weights`` set, and an output
+    folder whose recorded protocol has non-empty ``trainer_overrides`` (rows trained with those variables: their
+    output folders carry the plain trainer names). Nothing is trained or overwritten."""
+    now = {v: os.environ.get(v, "").strip() for v in REMOVED_OVERRIDE_VARIABLES}
+    now = {v: value for v, value in now.items() if value}
+    if now:
+        raise BenchmarkError(f"{', '.join(f'{k}={v!r}' for k, v in now.items())}: trainer overrides from the "
+                             f"environment no longer exist (every trainer would refuse to start); nothing was "
+                             f"run. Unset {' '.join(now)} and {_instead(now, None)} (--trainers).")
+    for path, recorded in _recorded_protocols(output):
+        overrides = recorded.get("trainer_overrides") or {}
+        if overrides:
+            listed = "; ".join(f"{k}={v!r}" for k, v in sorted(overrides.items()))
+            raise BenchmarkError(
+                f"{output} holds a benchmark run trained with trainer overrides from the environment ({listed}, "
+                f"recorded in {path}), which no longer exist: its rows carry the plain trainer names although they "
+                f"are not those trainers' defaults. Nothing was changed there. Use another output folder (-o) and "
+                f"{_instead(overrides, _trainers_of(recorded))}.")
 
 
 def check_same_protocol(output: str, key: dict) -> None:
-    """Refuse ``output`` if it records a protocol that differs from ``key`` in a setting both name."""
+    """Refuse ``output`` if it records a protocol that differs from ``key`` in a setting both name, or one trained
+    with the removed trainer overrides (:func:`refuse_removed_overrides`)."""
+    refuse_removed_overrides(output)
     found = _recorded(output)
     if found is None:
         return

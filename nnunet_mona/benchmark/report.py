@@ -65,10 +65,6 @@ def protocol_lines(results: dict) -> List[str]:
                      "stage's checkpoint_final.pth (the first stage is the training of that trainer's own row, "
                      "shared); the last stage is evaluated; s/iteration of the last stage, "
                      "training wall time summed over the stages, peak GPU memory the largest of any stage")
-    if "trainer_overrides" in p:  # recorded since session 15
-        lines.append("- trainer overrides from the environment, for every row: " +
-                     ("; ".join(f"`{k}='{v}'`" for k, v in sorted(p["trainer_overrides"].items()))
-                      if p["trainer_overrides"] else "none (each trainer's defaults)"))
     if p.get("preset"):
         lines.append(f"- preset {p['preset']} (set: {', '.join(p.get('preset_options') or []) or 'nothing'}; "
                      f"the other options were given on the command line)")

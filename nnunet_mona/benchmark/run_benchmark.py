@@ -483,7 +483,6 @@ def run(args) -> int:
             "device": args.device, "parallel": args.parallel, "host": socket.gethostname(),
             "gpu_name": torch.cuda.get_device_name(0) if args.device == "cuda" else None,
             "seed": args.seed, "split_seed": args.split_seed if args.make_missing_splits else None,
-            "trainer_overrides": key["trainer_overrides"],
             "disable_tta": args.disable_tta, "unlabeled_images_folder": has_unlabeled,
             "splits": {str(n): {"source": src, "digest": prep.split_digest(folds, args.fold),
                                 "labeled_cases": len(fold_entries[n]["train"]),
