@@ -142,6 +142,5 @@ def test_alignment_is_on_by_default_and_can_be_switched_off(hidden_label_dataset
     from nnunet_mona.trainers.ready_trainer import make_trainer
     for name in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA", "nnUNetTrainerACTION"):
         assert getattr(trainers, name).align_class_distribution is True, name
-    monkeypatch.setenv("nnUNet_mona_trainer_settings", '{"align_class_distribution": false}')
-    trainer = make_trainer("nnUNetTrainerMeanTeacher", hidden_label_dataset["pre"], fold=2, seed=0)
+    trainer = make_trainer("nnUNetTrainerMeanTeacher_noAlignment", hidden_label_dataset["pre"], fold=2, seed=0)
     assert trainer.distribution_alignment is None

@@ -64,15 +64,14 @@ def test_more_unlabeled_than_labeled_patches_reuse_them_and_bad_shapes_are_refus
 def test_mean_teacher_mixes_this_steps_labeled_patches_into_the_student_view(hidden_label_dataset, monkeypatch):
     from nnunet_mona.trainers.ready_trainer import finish_loaders, make_trainer, start_loaders
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    monkeypatch.setenv("nnUNet_mona_trainer_settings", '{"mix_mode": "copypaste"}')  # misspelt: refused up front
-    try:
-        make_trainer("nnUNetTrainerMeanTeacher", hidden_label_dataset["pre"], fold=2, seed=0)
+    try:  # misspelt: refused up front
+        make_trainer("nnUNetTrainerMeanTeacher", hidden_label_dataset["pre"], fold=2, seed=0,
+                     class_overrides={"mix_mode": "copypaste"})
     except ValueError as error:
         assert "'copypaste'" in str(error) and "copy_paste" in str(error)
     else:
         raise AssertionError("a misspelt mix_mode was accepted")
-    monkeypatch.setenv("nnUNet_mona_trainer_settings", '{"mix_mode": "copy_paste"}')
-    trainer = make_trainer("nnUNetTrainerMeanTeacher", hidden_label_dataset["pre"], fold=2, seed=0)
+    trainer = make_trainer("nnUNetTrainerMeanTeacher_copyPaste", hidden_label_dataset["pre"], fold=2, seed=0)
     start_loaders(trainer)
     try:
         seen = []

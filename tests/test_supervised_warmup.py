@@ -102,7 +102,6 @@ def test_nnunetv2_train_with_the_warm_start_variant_trains_the_method_only_after
     env = os.environ.copy()
     env.update({"nnUNet_mona_epochs": "2", "nnUNet_mona_iterations": "3", "nnUNet_mona_val_iterations": "1",
                 "nnUNet_mona_skip_validation": "1"})
-    env.pop("nnUNet_mona_trainer_settings", None)
     trainer = "nnUNetTrainerMeanTeacher_warmStart"
     run_cmd([join(BIN, "nnUNetv2_train"), str(dataset["id"]), "2d", "4", "-tr", trainer, "-device", "cpu"], env=env)
     fold = join(dataset["results"], dataset["name"], f"{trainer}__nnUNetPlans__2d", "fold_4")
