@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic dataset, planned and preprocessed once per test session.
+"""Shared fixtures: a tiny synthetic dataset, planned and preprocessed once per test run.
 
 nnU-Net reads nnUNet_raw / nnUNet_preprocessed / nnUNet_results from the environment at call
 time (2.8.1), so setting them here is enough for in-process calls and for subprocesses.
@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 # before torch loads OpenMP (here and in every training / prediction subprocess): threads that spin while
-# they wait steal the cores of nnU-Net's augmentation workers and of parallel test processes (measured on
-# 2 cores beside another job: a 64x64 forward/backward 2.16 s spinning, 0.22 s passive)
+# they wait steal the cores of nnU-Net's augmentation workers and of parallel test processes (on 2 cores beside
+# another job a small forward/backward is about ten times slower spinning than passive)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 from nnunet_mona.cli import configure_ext_trainer_in_process  # noqa: E402
 from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset  # noqa: E402
 
-# Dataset ids used by the tests (nothing else may use them inside the test session folder).
+# Dataset ids used by the tests (nothing else may use them inside the test run's folder).
 REAL_UNLABELED_ID = 990  # unlabeled images in imagesUnlabeled/
 SIMULATED_ID = 991  # unlabeled cases are training cases hidden by a split
 HIDDEN_LABEL_ID = 988  # as 991, and the unlabeled cases' preprocessed labels are moved away
@@ -31,7 +31,7 @@ LONGEST_FIRST = ("test_semi_supervised_gain.py", "test_benchmark.py", "test_devi
                  "test_mean_teacher_end_to_end.py", "test_benchmark_protocol.py")
 
 
-def pytest_collection_modifyitems(session, config, items):
+def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 

@@ -1,4 +1,4 @@
-"""Per-term decoder-gradient norms relative to the supervised loss (trainers/gradient_monitor.py, issue #11)."""
+"""Per-term decoder-gradient norms relative to the supervised loss (trainers/gradient_monitor.py)."""
 import math
 
 import pytest

@@ -225,7 +225,7 @@ def _assert_loader_never_touches_labels(preprocessed_dataset_folder, split, monk
     resolve -> dataset -> loader -> augmenter: it works and opens only '<id>.b2nd' files."""
     labeled_folder = os.path.join(preprocessed_dataset_folder, 'nnUNetPlans_2d')
     for i in split['unlabeled']:
-        # another test module may already have moved the session dataset's label files away
+        # another test module may already have moved the shared dataset's label files away
         for f in (i + '_seg.b2nd', i + '.pkl'):
             if os.path.exists(os.path.join(labeled_folder, f)):
                 os.remove(os.path.join(labeled_folder, f))
@@ -275,7 +275,7 @@ def test_no_label_access_synthetic_labeled_folder(tmp_path, monkeypatch):
 
 
 def test_no_label_access_on_copy_of_real_dataset991(simulated_scarcity_dataset, tmp_path, monkeypatch):
-    """Same on a copy of the real preprocessed Dataset991 (session fixture, shared with other tests)."""
+    """Same on a copy of the real preprocessed Dataset991 (the fixture shared with other test modules)."""
     src = os.path.join(simulated_scarcity_dataset['preprocessed'], simulated_scarcity_dataset['name'])
     dst = str(tmp_path / simulated_scarcity_dataset['name'])
     shutil.copytree(os.path.join(src, 'nnUNetPlans_2d'), os.path.join(dst, 'nnUNetPlans_2d'))

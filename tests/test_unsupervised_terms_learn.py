@@ -1,5 +1,5 @@
-"""Every unsupervised loss term of Mean Teacher and MONA decreases over a short training on fixed data (issue
-#12): a term that never moves is a bug (switched off, detached, or fighting another term).
+"""Every unsupervised loss term of Mean Teacher and MONA decreases over a short training on fixed data: a term
+that never moves is a bug (switched off, detached, or fighting another term).
 
 The real trainers (Dataset988 plans, CPU) run ``train_step`` on one fixed, seeded toy batch (the collapse
 toy of test_collapse: classes that differ by intensity and texture) with the unlabeled loader replaced by a
@@ -21,9 +21,8 @@ TERMS = {"nnUNetTrainerMeanTeacher": ("unsup", "unsup_dice"),
          "nnUNetTrainerMONA": ("unsup", "unsup_dice", "eqv")}
 MONA_REPRESENTATION_TERMS = ("contrast", "nn")
 # MONA's representation terms are checked with weight 1 each: at the default contrast weight 0.01 the term's own
-# gradient is too small to move it in 30 steps (measured: contrast 6.170 -> 6.104, nn 1.551 -> 2.080, the nn
-# term's targets being the drifting teacher's neighbours). At weight 1 (session 10): contrast 5.80 -> 4.31, nn
-# 1.61 -> 0.99; break check: with nn at weight 0 (its gradient cut) nn rises 1.68 -> 1.99 and the test fails.
+# gradient is too small to move it in 30 steps (and the nn term's targets, the drifting teacher's neighbours,
+# move too). With the nn term's gradient cut (weight 0) nn rises and the test fails.
 REPRESENTATION_WEIGHTS = {"contrast": 1.0, "nn": 1.0}
 
 
@@ -39,13 +38,12 @@ def _train_on_fixed_data(pre, name, loss_weights=None):
             setattr(trainer, attr, 0.0)
     trainer.unsupervised_rampup_fraction = 0
     # distribution alignment stays on, its running teacher share made to follow this toy's teacher: on one fixed
-    # batch without the supervised loss the teacher changes within a few steps. Measured (Mean Teacher,
-    # unsup_dice first -> last window): teacher momentum 0.99 or the default 0.9 keep the random start's
-    # foreground share and suppress every foreground pseudo-label (0.96 -> 1.00); 0.5: 0.95 -> 0.73
+    # batch without the supervised loss the teacher changes within a few steps; a slower teacher momentum keeps
+    # the random start's foreground share and suppresses every foreground pseudo-label (unsup_dice cannot fall)
     trainer.distribution_alignment.teacher_momentum = 0.5
-    # the supervised loss off: it alone makes student and teacher agree on this toy (measured: with the
-    # unsupervised loss detached, Mean Teacher's unsup still fell 0.91 -> 0.09), so only a term's own gradient
-    # (and the other unsupervised terms') can make it fall
+    # the supervised loss off: it alone makes student and teacher agree on this toy (with the unsupervised loss
+    # detached, Mean Teacher's unsup still falls), so only a term's own gradient (and the other unsupervised
+    # terms') can make it fall
     trainer.supervised_weight = 0.0
     labeled, unlabeled, _ = _toy_batches(trainer)
     trainer.next_unlabeled_batch = lambda: {k: v.clone() for k, v in unlabeled.items()}

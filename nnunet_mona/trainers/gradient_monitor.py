@@ -1,7 +1,7 @@
 """How hard each loss term pulls on the shared network, relative to nnU-Net's supervised loss.
 
-Issue #11: MONA's supervised loss lagged behind Mean Teacher's with the same labeled share; which term
-fights it is visible directly in the gradients. ``relative_gradient_norms`` returns, for every weighted
+When a method's supervised loss lags behind another's with the same labeled share, which term fights it is
+visible directly in the gradients. ``relative_gradient_norms`` returns, for every weighted
 term, ||d term / d theta|| / ||d sup / d theta|| over the given parameters (the decoder by default in
 the trainer): 0 for a term whose graph does not reach them (e.g. MONA's nn pull on its own predictor),
 ~1 for a term as strong as the supervised loss. The trainer computes it on the first step of an epoch

@@ -10,8 +10,7 @@ patches come on top (half the plans' batch).
 
 Start it from a plain nnU-Net model (``-pretrained_weights <plain fold>/checkpoint_final.pth``; the teacher starts
 as a copy of the loaded student): its pseudo-labels then carry anatomy from the first epoch instead of mostly
-background. ACDC, quarter-resolution CPU protocol, 3 labeled patients, one seed: 72.7 mean Dice vs 61.9 from random
-weights, 53.4 plain nnU-Net, 58.4 offline self-training (README, Results).
+background (docs/results.md).
 
 ``nnUNetTrainerMeanTeacher_MSE`` is the original soft consistency (softmax MSE, no mixing, no
 Dice, half + half batch).
@@ -32,10 +31,8 @@ class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     consistency: str = "masked_ce"  # or "mse"
     confidence_threshold: float = 0.9
     # student view: the loader's strong view, mixed with a partner ('cutmix' | 'cutout' | 'classmix' | 'none'),
-    # or 'copy_paste': with a box of a labeled patch and its ground truth, both ways (augment.labeled_copy_paste).
-    # ACDC CPU protocol, one seed, student mean Dice: 1 labeled patient 28.5 copy_paste vs 23.9 cutmix (plain
-    # nnU-Net 26.2); 3 labeled 63.3 vs 66.4. Seed 1 at 1 labeled: copy_paste 37.9, plain 45.8. Not a gain: cutmix
-    # stays. Three seeds on a GPU, 1 labeled: copy_paste 33.2, cutmix 31.2, plain 35.4 (README Results)
+    # or 'copy_paste': with a box of a labeled patch and its ground truth, both ways (augment.labeled_copy_paste;
+    # nnUNetTrainerMeanTeacher_copyPaste). cutmix stays the default: copy_paste was no gain over it (docs/results.md)
     mix_mode: str = "cutmix"
     mix_area_fraction: float = 0.5
     use_pseudo_label_dice: bool = True
@@ -102,18 +99,16 @@ class nnUNetTrainerMeanTeacher_MSE(nnUNetTrainerMeanTeacher):
 
 
 class nnUNetTrainerMeanTeacher_classBalanced(nnUNetTrainerMeanTeacher):
-    """Pseudo-label CE with every pseudo-class weighing the same instead of every pixel (issue #12: on the demo's
-    data Mean Teacher lost 27 points of lesion Dice to plain nnU-Net, 9 of which came back with the pixel-averaged
-    CE off; this variant did not bring them back, README)."""
+    """Pseudo-label CE with every pseudo-class weighing the same instead of every pixel: a rare class (a lesion) the
+    pixel-averaged CE drowns in background keeps its share of the pseudo-label loss."""
     class_balanced_pseudo_labels = True
 
 
 class nnUNetTrainerMeanTeacher_warmStart(nnUNetTrainerMeanTeacher):
     """Plain nnU-Net, then Mean Teacher from its weights, in one ``nnUNetv2_train``: the first half of the epochs is
     nnU-Net's supervised step alone, then the teacher is copied from the student and the poly LR starts again
-    (``supervised_warmup_fraction``). Give it twice plain nnU-Net's epochs: on ACDC (quarter resolution, 3 labeled,
-    40 epochs) it matched the two-training chain (72.9 / 70.3 vs 72.7 / 72.3, two seeds); with 20 epochs, ten
-    Mean Teacher epochs were too few (56.6 vs 61.9 from random weights)."""
+    (``supervised_warmup_fraction``). Give it twice plain nnU-Net's epochs: the Mean Teacher half needs to be long
+    enough on its own (docs/results.md)."""
     supervised_warmup_fraction = 0.5
 
 

@@ -70,8 +70,7 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     mix_mode: str = "cutmix"  # 'cutmix' | 'cutout' | 'classmix' | 'none'
     mix_area_fraction: float = 0.5  # MONA: a box of half the patch
     # second photometric pipeline on the GPU after the loader's strong view (MONA's code does both). Off by
-    # default: issue #11 suspects two strong pipelines in a row wash out the thin myocardium (not measured
-    # alone; the recipe that made Mean Teacher beat plain nnU-Net on ACDC has one pipeline)
+    # default: two strong pipelines in a row may wash out thin structures, and Mean Teacher's recipe has one
     extra_photometric: bool = False
     # B labeled (plain nnU-Net's supervised signal per step) + B/2 unlabeled patches
     labeled_batch_fraction = 1.0
@@ -79,8 +78,7 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     # ---- unsup. 'masked': CE on the pixels whose teacher confidence >= unsup_threshold plus a batch
     # soft Dice on them (as nnUNetTrainerMeanTeacher). 'image_weighted': MONA's ReCo-style CE on every
     # pixel, weighted per image by its confident fraction (spec A.3.3(2)); it also trains unconfident pixels
-    # towards the early teacher's argmax, mostly background (MONA with it never predicted RV on ACDC, issue
-    # #11; this term's share in that was not measured alone)
+    # towards the early teacher's argmax, mostly background
     unsup_mode: str = "masked"
     unsup_threshold: float = 0.9
     # ---- representation head (spec E.4): bottleneck + all decoder stages fused at 1/stride
@@ -89,9 +87,8 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     head_out_channels: int = 128
     head_nonlinear: bool = True  # paper: non-linear projectors (code: linear)
     use_predictor: bool = True  # student-only predictor on top of the head (MONA q_representation)
-    # centre and scale each embedding channel over the batch (projection_heads.standardize_over_batch).
-    # Toy of tests/test_collapse.py, 40 steps, contrast after / chance 6.24: weight 0.01 6.19 (6.14 without);
-    # weight 0.1 5.93 (6.13 without); weight 1 4.73 (5.83 without): without it the contrast cannot learn
+    # centre and scale each embedding channel over the batch (projection_heads.standardize_over_batch): without
+    # it the contrast hardly moves from chance (tests/test_collapse.py)
     head_standardize_output: bool = True
     # ---- anatomical contrast (spec A.3.3(4), E.11)
     use_contrast: bool = True
@@ -117,9 +114,7 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     # False: the nn term trains its own predictor only (on detached head outputs)
     nn_gradient_to_network: bool = False
     # the nn term has its own global predictor (MONA: a separate instance-level branch). Sharing the
-    # pixel predictor with the contrast let the nn pull undo the contrast: toy of tests/test_collapse.py,
-    # 40 steps, contrast weight 0.1: 5.93 with the shared predictor, 5.01 without nn (chance 6.24);
-    # class-mean cosine 0.98 vs 0.91
+    # pixel predictor with the contrast let the nn pull undo the contrast (tests/test_collapse.py)
     nn_own_predictor: bool = True
     # ---- equivariance (spec A.3.3(6))
     use_equivariance: bool = True
@@ -127,20 +122,15 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     eqv_confidence_threshold: float = 0.7
     # share of the unlabeled batch that also goes through the student warped (MONA: all images, l and u).
     # The warped copies are extra student forward/backward work: with B labeled + B/2 unlabeled patches, 0.5
-    # makes the student process 1.75 x the plans' batch per iteration (the teacher: 1.5 x, forward only).
-    # ACDC half resolution, plans batch 8, 2-core CPU: 4.9 s per iteration, 3.0 x plain nnU-Net's time and
-    # 1.9 x its memory (README, cost per iteration)
+    # makes the student process 1.75 x the plans' batch per iteration (the teacher: 1.5 x, forward only)
     eqv_batch_fraction: float = 0.5
     # ---- weights (spec A.4b). contrast stays 0.01. Its value depends only on cosines (same tau and
-    # query/negative budget as MONA: ~ln 513 = 6.2 at init); its gradient scales with 1/|embedding|.
-    # Measured at init (Dataset996 plans, CPU): our predictor output has per-pixel norm ~0.8, while
-    # the raw decoder maps MONA's linear FPN head concatenates have norms 4-16, so per unit weight our
-    # head passes a larger, not smaller, gradient than MONA's; 0.01 * contrast gives a student
-    # gradient norm ~0.003 vs ~2.1 for the supervised loss (x0.0015). No larger weight is implied;
-    # it stays a class attribute for tuning.
-    # eqv 0.1, not the official code's 1 (a departure, measured on ACDC's CPU-scale protocol, 3 labeled):
-    # at weight 1 the equivariance KL pulls the decoder 1-2.5x as hard as the supervised loss, which then
-    # stalls; MONA scored 32.6 +- 12.5 over three seeds (GPU), vs 63.1 at 0.1 and 63.4 without the term (CPU)
+    # query/negative budget as MONA: ln(1 + negatives) at init); its gradient scales with 1/|embedding|. Our
+    # predictor's output has a smaller per-pixel norm than the raw decoder maps MONA's linear FPN head
+    # concatenates, so per unit weight our head passes a larger, not smaller, gradient than MONA's: no larger
+    # weight is implied; it stays a class attribute for tuning.
+    # eqv 0.1, not the official code's 1 (a departure): at weight 1 the equivariance KL pulls the decoder harder
+    # than the supervised loss, which then stalls (nnUNetTrainerMONA_paperRecipe keeps 1)
     loss_weights = {"unsup": 1.0, "unsup_dice": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 0.1}
     loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "eqv", "confident_fraction")
     diagnostic_names = ("confident_fraction",)

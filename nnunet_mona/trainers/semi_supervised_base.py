@@ -87,19 +87,16 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     # share of nnUNet_n_proc_DA given to the unlabeled augmentation workers
     unlabeled_worker_share: float = 0.5
     # rescale the teacher's class probabilities so that their running share on the unlabeled pixels matches
-    # the labeled targets' class share (modules.distribution_alignment): counters a teacher that under-segments.
-    # Measured with Mean Teacher on ACDC (CPU protocol, seed 0, val volumes, student / EMA teacher mean Dice):
-    # 3 labeled patients 66.4 / 65.8 with it vs 64.1 / 65.5 without; 1 labeled 23.9 / 24.0 vs 8.8 / 9.2.
-    # On the tiny synthetic gain problem it was within the run-to-run spread (README, Results)
+    # the labeled targets' class share (modules.distribution_alignment): counters a teacher that under-segments
+    # (on by default: it helped Mean Teacher on ACDC, docs/results.md)
     align_class_distribution: bool = True
     # how fast the running share of the teacher's probabilities forgets (the labeled share: 0.99). 0.99 keeps a
     # random teacher's near-uniform start for hundreds of steps (modules.distribution_alignment); 0.9 follows the
-    # teacher but measured no better on ACDC (Mean Teacher, 1 labeled: 21.8 / 22.0 vs 23.9 / 24.0, one seed)
+    # teacher within about ten steps (nnUNetTrainerMeanTeacher_alignmentMomentum09) but did no better
     alignment_teacher_momentum: float = 0.99
     # per-class pseudo-label thresholds scaled by the teacher's running confidence per class, the trainer's fixed
-    # threshold as the ceiling (modules.class_adaptive_threshold). Off: ACDC, 1 labeled patient, Mean Teacher,
-    # student / teacher mean Dice 20.4 / 20.7 with it vs 21.8 / 22.0 without (one seed): the teacher's argmax
-    # there is rarely foreground at all, so a lower foreground threshold has little to admit
+    # threshold as the ceiling (modules.class_adaptive_threshold). Off: where the teacher's argmax is rarely
+    # foreground at all, a lower foreground threshold has little to admit
     class_adaptive_threshold: bool = False
     # once per epoch (first step), log each weighted term's decoder-gradient norm relative to the supervised
     # loss's (gradient_monitor). Off by default: a few extra backward passes per epoch
@@ -109,7 +106,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
     # stop after this many consecutive non-finite losses (each one is skipped and counted)
     max_consecutive_nonfinite_steps: int = 20
     # CUDA only: nnU-Net's fp16 autocast + gradient scaler. False trains in fp32 (slower, more memory), to tell
-    # a precision problem from a method problem (MONA at equivariance weight 1, seed 2, H200: fp32 6.9, fp16 40.1)
+    # a precision problem from a method problem
     mixed_precision: bool = True
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,

@@ -2,8 +2,7 @@
 
 A contrastive InfoNCE term whose value sits at ln(1 + negatives) sees every similarity as equal:
 the embeddings no longer separate anything. A nearest-neighbour pull at 0 is met by a constant
-representation. Both were seen on ACDC (issue #11: MONA's contrast stuck at 6.2397 = ln 513 from
-epoch 6, nn at 0.0000) and silently cost Dice; the training log now says so.
+representation. Both happen in real trainings and silently cost Dice; the training log says so.
 """
 import math
 from typing import Dict, List, Mapping
