@@ -34,6 +34,7 @@ setup(
             "nnUNetv2_mona_convert_acdc_h5 = nnunet_mona.conversion.acdc_h5:entry_point",
             "nnUNetv2_mona_convert_acdc = nnunet_mona.conversion.acdc_official:entry_point",
             "nnUNetv2_mona_benchmark = nnunet_mona.benchmark.run_benchmark:entry_point",
+            "nnUNetv2_mona_scaling = nnunet_mona.benchmark.scaling:entry_point",
             "nnUNetv2_mona_evaluate = nnunet_mona.benchmark.evaluate:entry_point",
             "nnUNetv2_mona_pseudo_label = nnunet_mona.pseudo_label_command:entry_point",
         ]

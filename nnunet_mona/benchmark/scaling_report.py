@@ -1,0 +1,225 @@
+"""``scaling.json`` / ``scaling.md`` / ``scaling.png`` of ``nnUNetv2_mona_scaling``, read from its budget folders.
+
+Every cell is (labeled count N, row, budget B): the mean Dice (MONA protocol, the benchmark's evaluation) over the
+seeds measured, each seed's measured total iterations and training time. A cell whose measured total differs from
+B is flagged (shown with ``!`` and listed under the table); only unflagged cells enter the margins (gain over plain
+nnU-Net and over self-training, share of the gap from plain nnU-Net to the full-supervision ceiling closed).
+"""
+import json
+import math
+import os
+from typing import Dict, List, Optional
+
+from nnunet_mona.benchmark.scaling_plan import CEILING, PLAIN, SELF, measured_total_iterations, where_row_lives
+
+FLAG = "!"
+
+
+def seed_folder(output: str, seed) -> str:
+    return os.path.join(output, f"seed_{'none' if seed is None else seed}")
+
+
+def budget_folder(output: str, seed, budget: int) -> str:
+    return os.path.join(seed_folder(output, seed), f"budget_{budget}")
+
+
+def _runs(folder: str) -> Dict[tuple, dict]:
+    path = os.path.join(folder, "results.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        results = json.load(f)
+    return {(r["n_labeled"], r["trainer"]): r for r in results.get("runs", [])}
+
+
+def training_seconds(train_record: dict) -> Optional[float]:
+    """Seconds spent training (epoch times from the checkpoints, so a resumed training counts whole) plus the
+    pseudo-labelling of self-training; None when a part does not tell."""
+    stages = train_record.get("stages") or [train_record]
+    total = 0.0
+    for part in stages:
+        if part.get("stages") and part is not train_record:
+            inner = training_seconds(part)
+            if inner is None:
+                return None
+            total += inner
+        elif "epochs_completed" in part:
+            if part.get("mean_epoch_seconds") is None:
+                return None
+            total += part["mean_epoch_seconds"] * part["epochs_completed"]
+        else:
+            total += part.get("wall_seconds") or 0.0
+    return total
+
+
+def cell(output: str, seeds: List, row: str, budget: int, n: int, ceiling_labeled: int, iterations: int) -> dict:
+    """The measurements of one (row, budget, N) over ``seeds``; ``status`` 'ok', 'failed' or 'not run'."""
+    folder_budget, labeled, trainer = where_row_lives(row, budget, n, ceiling_labeled, iterations)
+    per_seed = []
+    for seed in seeds:
+        run = _runs(budget_folder(output, seed, folder_budget)).get((labeled, trainer))
+        if run is None:
+            continue
+        entry = {"seed": seed, "status": run.get("status"), "folder_budget": folder_budget}
+        if run.get("status") == "ok":
+            entry.update(dice=run["summary"]["mona"]["mean"]["dice"],
+                         total_iterations=measured_total_iterations(run.get("train", {})),
+                         training_seconds=training_seconds(run.get("train", {})))
+        per_seed.append(entry)
+    ok = [e for e in per_seed if e["status"] == "ok"]
+    result = {"row": row, "budget": budget, "n_labeled": n, "seeds": per_seed,
+              "status": "ok" if ok else ("failed" if per_seed else "not run")}
+    if ok:
+        result["dice"] = sum(e["dice"] for e in ok) / len(ok)
+        result["flagged"] = any(e["total_iterations"] != budget for e in ok)
+        times = [e["training_seconds"] for e in ok]
+        result["training_seconds"] = None if None in times else sum(times) / len(times)
+    return result
+
+
+def collect(output: str, stamp: dict) -> dict:
+    """Every cell of the rows, budgets, labeled counts and seeds that the folder's invocations asked for."""
+    seeds, rows, budgets = stamp["seeds"], stamp["rows"], sorted(stamp["budgets"])
+    ceiling, iterations = stamp["ceiling_labeled"], stamp["iterations_per_epoch"]
+    tables = {}
+    for n in stamp["labeled"]:
+        tables[str(n)] = {row: {str(b): cell(output, seeds, row, b, n, ceiling, iterations) for b in budgets}
+                          for row in rows}
+    return {"protocol": stamp, "tables": tables, "margins": {n: margins(t, budgets) for n, t in tables.items()}}
+
+
+def _usable(c: Optional[dict]) -> Optional[float]:
+    return c["dice"] if c and c["status"] == "ok" and not c["flagged"] else None
+
+
+def margins(table: Dict[str, Dict[str, dict]], budgets: List[int]) -> Dict[str, Dict[str, dict]]:
+    """Per semi-supervised row and budget: gain over plain / self-training (Dice points) and the share of the gap
+    from plain nnU-Net to the ceiling that it closes; None where a needed cell is missing or flagged."""
+    out = {}
+    for row, cells in table.items():
+        if row in (PLAIN, CEILING):
+            continue
+        out[row] = {}
+        for b in map(str, budgets):
+            value = _usable(cells.get(b))
+            plain = _usable(table.get(PLAIN, {}).get(b))
+            self_training = _usable(table.get(SELF, {}).get(b))
+            ceiling = _usable(table.get(CEILING, {}).get(b))
+            out[row][b] = {
+                "over_plain": None if value is None or plain is None else 100 * (value - plain),
+                "over_self_training": (None if value is None or self_training is None or row == SELF
+                                       else 100 * (value - self_training)),
+                "gap_closed": (None if value is None or plain is None or ceiling is None or ceiling <= plain
+                               else (value - plain) / (ceiling - plain)),
+            }
+    return out
+
+
+def row_label(row: str, ceiling_labeled: int) -> str:
+    return {PLAIN: "plain nnU-Net (nnUNetTrainerBudget)", SELF: "offline self-training (2 trainings x B/2)",
+            CEILING: f"plain nnU-Net, {ceiling_labeled} labeled (ceiling)"}.get(row, row)
+
+
+def _seconds(value: Optional[float]) -> str:
+    if value is None:
+        return "n/a"
+    value = int(round(value))
+    return f"{value // 3600}h{value % 3600 // 60:02d}m" if value >= 3600 else f"{value // 60}m{value % 60:02d}s"
+
+
+def _dice_cell(c: dict) -> str:
+    if c["status"] != "ok":
+        return c["status"]
+    seeds = sum(1 for e in c["seeds"] if e["status"] == "ok")
+    text = f"{100 * c['dice']:.1f}" + (f" ({seeds} seeds)" if seeds > 1 else "")
+    return text + (f" {FLAG}" if c["flagged"] else "")
+
+
+def _pts(value: Optional[float]) -> str:
+    return "n/a" if value is None else f"{value:+.1f}"
+
+
+def markdown(report: dict) -> str:
+    p = report["protocol"]
+    budgets = sorted(p["budgets"])
+    head = "| row | " + " | ".join(f"B = {b}" for b in budgets) + " |"
+    rule = "|---|" + "---:|" * len(budgets)
+    lines = ["# Budget scaling: mean Dice against total training iterations per row", "",
+             f"- dataset {p['dataset']}, {p['iterations_per_epoch']} iterations per epoch, seeds {p['seeds']}, "
+             f"evaluation: {p['evaluation']}; benchmark options: `{' '.join(p['benchmark_options'])}`",
+             f"- budget B = total training iterations of a row (self-training: its two trainings together; a "
+             f"supervised warm-up inside a training counts); a cell marked {FLAG} trained another total (see below) "
+             f"and is left out of the margins",
+             f"- commands: " + "; ".join(f"`{c}`" for c in p.get("commands", [])), ""]
+    flagged = []
+    for n, table in report["tables"].items():
+        lines += [f"## {n} labeled patient(s): mean Dice (%)", "", head, rule]
+        for row, cells in table.items():
+            lines.append(f"| {row_label(row, p['ceiling_labeled'])} | " +
+                         " | ".join(_dice_cell(cells[str(b)]) for b in budgets) + " |")
+            for b in budgets:
+                c = cells[str(b)]
+                for e in c["seeds"]:
+                    if e["status"] == "ok" and e["total_iterations"] != b:
+                        flagged.append(f"N={n} {row} at B = {b}, seed {e['seed']}: trained "
+                                       f"{e['total_iterations']} iterations")
+        lines += ["", f"### {n} labeled: margins (Dice points; gap = share of plain -> ceiling closed)", "", head, rule]
+        for row, per_budget in report["margins"][n].items():
+            texts = []
+            for b in budgets:
+                m = per_budget[str(b)]
+                gap = "n/a" if m["gap_closed"] is None else f"{100 * m['gap_closed']:.0f} %"
+                texts.append(f"{_pts(m['over_plain'])} / {_pts(m['over_self_training'])} / {gap}")
+            lines.append(f"| {row_label(row, p['ceiling_labeled'])}: over plain / over self-training / gap | " +
+                         " | ".join(texts) + " |")
+        lines += ["", f"### {n} labeled: training time per row (mean over seeds)", "", head, rule]
+        for row, cells in table.items():
+            lines.append(f"| {row_label(row, p['ceiling_labeled'])} | " +
+                         " | ".join(_seconds(cells[str(b)].get("training_seconds")) for b in budgets) + " |")
+        lines.append("")
+    if flagged:
+        lines += [f"## {FLAG} Rows trained with another total than their budget", ""] + [f"- {f}" for f in flagged]
+    return "\n".join(lines) + "\n"
+
+
+def figure(report: dict, path: str) -> None:
+    """Dice against total iterations (log axis), one line per row and labeled count, the ceiling dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    p = report["protocol"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for n, table in report["tables"].items():
+        for row, cells in table.items():
+            points = [(int(b), 100 * c["dice"]) for b, c in cells.items() if c["status"] == "ok"]
+            if not points:
+                continue
+            points.sort()
+            style = "--" if row == CEILING else "-"
+            label = row_label(row, p["ceiling_labeled"]) + ("" if row == CEILING else f", {n} labeled")
+            ax.plot(*zip(*points), style, marker="o", label=label)
+            for b, c in cells.items():
+                if c["status"] == "ok" and c["flagged"]:
+                    ax.annotate(FLAG, (int(b), 100 * c["dice"]), color="red")
+    ax.set_xscale("log")
+    ax.set_xlabel("total training iterations per row")
+    ax.set_ylabel("mean Dice (%)")
+    counts = sorted(int(n) for n in report["tables"])
+    ax.set_title(f"{p['dataset']}: {', '.join(map(str, counts))} labeled patient(s), ceiling "
+                 f"{p['ceiling_labeled']} labeled")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def per_doubling(cells: Dict[str, dict]) -> Optional[float]:
+    """Least-squares slope of Dice (points) per doubling of the budget over the unflagged cells (>= 2 budgets)."""
+    points = [(math.log2(int(b)), 100 * c["dice"]) for b, c in cells.items() if _usable(c) is not None]
+    if len(points) < 2:
+        return None
+    mx = sum(x for x, _ in points) / len(points)
+    my = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else None
