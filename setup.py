@@ -27,7 +27,7 @@ setup(
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
     entry_points={
         "console_scripts": [
-            "nnUNetv2_mona_env = nnunet_mona.cli:env_entry_point",
+            "nnUNetv2_mona_env = nnunet_mona.cli.env_command:env_entry_point",
             "nnUNetv2_mona_preprocess_unlabeled = nnunet_mona.data.unlabeled_preprocessing:entry_point",
             "nnUNetv2_mona_make_splits = nnunet_mona.data.splits:entry_point",
             "nnUNetv2_mona_demo = nnunet_mona.demo.run_demo:entry_point",
@@ -36,7 +36,7 @@ setup(
             "nnUNetv2_mona_benchmark = nnunet_mona.benchmark.run_benchmark:entry_point",
             "nnUNetv2_mona_scaling = nnunet_mona.benchmark.scaling:entry_point",
             "nnUNetv2_mona_evaluate = nnunet_mona.benchmark.evaluate:entry_point",
-            "nnUNetv2_mona_pseudo_label = nnunet_mona.pseudo_label_command:entry_point",
+            "nnUNetv2_mona_pseudo_label = nnunet_mona.cli.pseudo_label_command:entry_point",
         ]
     },
 )

@@ -16,17 +16,16 @@ Averaging order as above: class-wise over the volumes where defined, then over t
 
 Note: a missed structure scores HD95 = ASD = 0 under the MONA protocol; read its distances together with Dice.
 """
-import argparse
 import json
 import math
 import os
-import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from nnunet_mona.benchmark.surface_metrics import asd, dice, hd95
+from nnunet_mona.cli.arguments import command_parser, run_command
 
 METRICS = ("dice", "hd95", "asd")
 PROTOCOLS = {
@@ -175,9 +174,9 @@ def save_json(obj, path: str) -> None:
 
 
 def entry_point(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_evaluate",
-        description="Per-volume, per-class Dice / HD95 / ASD of a prediction folder against a reference folder, "
+    parser = command_parser(
+        "nnUNetv2_mona_evaluate",
+        "Per-volume, per-class Dice / HD95 / ASD of a prediction folder against a reference folder, "
                     "under the MONA protocol (voxel grid, MONA's special cases) and spacing-aware (mm). Writes "
                     "a JSON file (per volume and summary) and prints a markdown table.")
     parser.add_argument("-p", required=True, help="folder with the predicted label maps")
@@ -189,14 +188,14 @@ def entry_point(argv=None) -> None:
                         help="display names of --labels, same order (e.g. RV MYO LV). Default: the values")
     parser.add_argument("--file_ending", default=".nii.gz", help="file ending of the label maps. Default: .nii.gz")
     args = parser.parse_args(argv)
-    try:
+
+    def main() -> int:
         result = evaluate_folders(args.p, args.g, args.labels, args.names, args.file_ending)
-    except EvaluationError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(1)
-    save_json(result, args.o)
-    print(f"{len(result['cases'])} volume(s); {args.o}\n")
-    print(markdown_table(result))
+        save_json(result, args.o)
+        print(f"{len(result['cases'])} volume(s); {args.o}\n")
+        print(markdown_table(result))
+        return 0
+    run_command(main, (EvaluationError,))
 
 
 if __name__ == "__main__":  # python -m, where the console scripts are not installed (the device)

@@ -10,7 +10,7 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from nnunet_mona.logged_command import run_with_log
+from nnunet_mona.cli.logged_command import run_with_log
 
 _PRINT_LOCK = threading.Lock()
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}\.\d+: ")

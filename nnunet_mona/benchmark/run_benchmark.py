@@ -28,6 +28,7 @@ from importlib.metadata import version
 from typing import Dict, List, Optional, Sequence
 
 from nnunet_mona.benchmark import preparation as prep
+from nnunet_mona.cli.arguments import command_parser, run_command
 from nnunet_mona.benchmark.evaluate import PROTOCOLS, evaluate_folders, save_json
 from nnunet_mona.benchmark.chains import check_specs, is_chain, row_name, stage_trainer
 from nnunet_mona.benchmark.earlier_rows import keep_earlier_rows
@@ -307,9 +308,9 @@ class Benchmark:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_benchmark",
-        description="Train, predict and evaluate plain nnU-Net and semi-supervised trainers on N labeled patients "
+    parser = command_parser(
+        "nnUNetv2_mona_benchmark",
+        "Train, predict and evaluate plain nnU-Net and semi-supervised trainers on N labeled patients "
                     "with one budget; writes results.json / results.md / results.png. Re-running resumes.")
     parser.add_argument("-d", default=None, help="dataset name or id (raw dataset in nnUNet_raw); required unless "
                                                  "--preset gives it")
@@ -526,12 +527,7 @@ def _has_distribution(name: str) -> bool:
 
 def entry_point(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        code = run(args)
-    except BenchmarkError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code)
+    run_command(lambda: run(args), (BenchmarkError,))
 
 
 if __name__ == "__main__":

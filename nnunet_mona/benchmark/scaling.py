@@ -21,6 +21,7 @@ from typing import List
 
 from nnunet_mona.benchmark import preparation as prep
 from nnunet_mona.benchmark.evaluate import save_json
+from nnunet_mona.cli.arguments import argv_or_sys, command_parser, run_command
 from nnunet_mona.benchmark.presets import PRESETS, apply_preset
 from nnunet_mona.benchmark.processes import BenchmarkError, say
 from nnunet_mona.benchmark.scaling_plan import (CEILING, DEFAULT_ROWS, KEYWORDS, check_budgets, check_rows,
@@ -41,9 +42,9 @@ PASSED_ON = (("--batch_size", "batch_size"), ("--val_iterations", "val_iteration
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_scaling",
-        description="Train and score plain nnU-Net, offline self-training, the semi-supervised trainers and the "
+    parser = command_parser(
+        "nnUNetv2_mona_scaling",
+        "Train and score plain nnU-Net, offline self-training, the semi-supervised trainers and the "
                     "full-supervision ceiling at several total-iteration budgets on one split and evaluation set; "
                     "writes scaling.md / scaling.json / scaling.png (Dice against iterations). Re-running resumes.")
     parser.add_argument("-d", default=None, help="dataset name or id; required unless --preset gives it")
@@ -225,14 +226,9 @@ def run(args, argv: List[str]) -> int:
 
 
 def entry_point(argv=None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = argv_or_sys(argv)
     args = build_parser().parse_args(argv)
-    try:
-        code = run(args, argv)
-    except BenchmarkError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(code)
+    run_command(lambda: run(args, argv), (BenchmarkError,))
 
 
 if __name__ == "__main__":

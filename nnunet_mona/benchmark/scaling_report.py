@@ -150,7 +150,7 @@ def markdown(report: dict) -> str:
              f"- budget B = total training iterations of a row (self-training: its two trainings together; a "
              f"supervised warm-up inside a training counts); a cell marked {FLAG} trained another total (see below) "
              f"and is left out of the margins",
-             f"- commands: " + "; ".join(f"`{c}`" for c in p.get("commands", [])), ""]
+             "- commands: " + "; ".join(f"`{c}`" for c in p.get("commands", [])), ""]
     flagged = []
     for n, table in report["tables"].items():
         lines += [f"## {n} labeled patient(s): mean Dice (%)", "", head, rule]

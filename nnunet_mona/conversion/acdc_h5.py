@@ -18,7 +18,6 @@ real ACDC slice distance); it must exceed 1 so that nnU-Net treats Z as the out-
 2d configuration then works on the native slices and ignores Z spacing, while 3d configurations
 see strongly anisotropic data. Use the 2d configuration with this dataset.
 """
-import argparse
 import os
 import re
 from collections import defaultdict
@@ -29,6 +28,7 @@ import SimpleITK as sitk
 
 from nnunet_mona.conversion.common import (ConversionError, CaseSource, add_common_arguments, check_label_values,
                                            patient_of, run_from_args)
+from nnunet_mona.cli.arguments import command_parser
 
 _SLICE_RE = re.compile(r"^(patient\d+_frame\d+)_slice_(\d+)$")
 DEFAULT_Z_SPACING = 10.0
@@ -163,8 +163,9 @@ def build_source(input_folder: str, z_spacing: float = DEFAULT_Z_SPACING) -> Cas
 
 
 def entry_point():
-    parser = argparse.ArgumentParser(
-        description="Convert ACDC in the SSL4MIS/MONA h5 format (train.list, val.list, data/*.h5) to nnU-Net raw "
+    parser = command_parser(
+        "nnUNetv2_mona_convert_acdc_h5",
+        "Convert ACDC in the SSL4MIS/MONA h5 format (train.list, val.list, data/*.h5) to nnU-Net raw "
                     "format: training volumes reassembled from slices (Z order), val.list volumes as "
                     "imagesTs/labelsTs, split files splits_final_<N>labeled.json for N labeled patients.")
     parser.add_argument("-i", "--input", required=True,

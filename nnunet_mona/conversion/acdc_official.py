@@ -16,7 +16,6 @@ Evaluation cases (imagesTs/labelsTs): the ``testing/`` patients, or, with ``--va
 listed ``training/`` patients (``--val_patients ssl4mis`` = SSL4MIS' 10 val patients), which are
 then removed from training and ``testing/`` is not used.
 """
-import argparse
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -25,6 +24,7 @@ import SimpleITK as sitk
 
 from nnunet_mona.conversion.common import (SSL4MIS_VAL_PATIENTS, ConversionError, CaseSource, add_common_arguments,
                                            case_name, check_label_values, patient_id, patient_of, run_from_args)
+from nnunet_mona.cli.arguments import command_parser
 
 
 def find_database_root(input_folder: str) -> str:
@@ -147,8 +147,9 @@ def build_source(input_folder: str, val_patients: Optional[Sequence[str]] = None
 
 
 def entry_point():
-    parser = argparse.ArgumentParser(
-        description="Convert the official ACDC release (database/training/patientXXX/ with Info.cfg, ED/ES frames "
+    parser = command_parser(
+        "nnUNetv2_mona_convert_acdc",
+        "Convert the official ACDC release (database/training/patientXXX/ with Info.cfg, ED/ES frames "
                     "and _gt labels; 4D cine ignored) to nnU-Net raw format with split files "
                     "splits_final_<N>labeled.json for N labeled patients.")
     parser.add_argument("-i", "--input", required=True,

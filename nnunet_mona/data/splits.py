@@ -14,7 +14,6 @@ Patient ids come from a regex: the first capturing group that took part in the m
 patient id; a case the regex does not match is its own patient. The default turns ``patient001_frame01``
 into ``patient001``.
 """
-import argparse
 import json
 import os
 import random
@@ -22,6 +21,8 @@ import re
 import sys
 from math import comb
 from typing import Dict, Iterable, List, Sequence, Union
+
+from nnunet_mona.cli.arguments import command_parser
 
 DEFAULT_PATIENT_REGEX = r"^(.+?)_frame\d+$"
 SPLITS_FILE = "splits_final.json"
@@ -239,9 +240,9 @@ def _read_list_file(path: str) -> List[str]:
 
 
 def entry_point(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_make_splits",
-        description="Write nnUNet_preprocessed/DatasetXXX/splits_final.json for simulated label scarcity: per fold "
+    parser = command_parser(
+        "nnUNetv2_mona_make_splits",
+        "Write nnUNet_preprocessed/DatasetXXX/splits_final.json for simulated label scarcity: per fold "
                     "'train' (cases of the labeled patients), 'val' and 'unlabeled' (training cases whose labels "
                     "the nnunet_mona trainers hide). Cases are grouped by patient (see --patient_regex).")
     parser.add_argument("-d", type=str, required=True, help="dataset name or id")

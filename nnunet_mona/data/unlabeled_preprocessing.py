@@ -12,11 +12,9 @@ The fingerprint and plans are computed from the labeled cases only; unlabeled im
 those statistics, exactly like test images. Re-run this command after every re-plan
 (:func:`check_unlabeled_folder_is_current` tells the trainer when the folder is stale).
 """
-import argparse
 import multiprocessing
 import os
 import shutil
-import sys
 from time import sleep
 from typing import List
 
@@ -33,6 +31,7 @@ from nnunet_mona.data._prep_manifest import (StaleUnlabeledDataError, UnlabeledD
                                              list_case_ids_in_folder, manifest_differences, read_manifest,
                                              rerun_command, write_manifest)
 from nnunet_mona.data.paths import RAW_UNLABELED_FOLDER, UNLABELED_MANIFEST, unlabeled_preprocessed_folder
+from nnunet_mona.cli.arguments import command_parser, run_command
 
 __all__ = ["preprocess_unlabeled", "preprocess_unlabeled_case", "check_unlabeled_folder_is_current",
            "UnlabeledDataError", "StaleUnlabeledDataError", "entry_point"]
@@ -173,9 +172,9 @@ def preprocess_unlabeled(dataset_name_or_id, configuration: str = "2d", plans_id
 
 
 def entry_point(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_preprocess_unlabeled",
-        description="Preprocess unlabeled images (nnUNet_raw/DatasetXXX/imagesUnlabeled, named like imagesTr) "
+    parser = command_parser(
+        "nnUNetv2_mona_preprocess_unlabeled",
+        "Preprocess unlabeled images (nnUNet_raw/DatasetXXX/imagesUnlabeled, named like imagesTr) "
                     "with the dataset's EXISTING plans into nnUNet_preprocessed/DatasetXXX/<data_identifier>"
                     "_unlabeled. Run nnUNetv2_plan_and_preprocess first, and re-run this after every re-plan.")
     parser.add_argument("-d", type=str, required=True, help="dataset name or id, e.g. 27 or Dataset027_ACDC")
@@ -196,12 +195,8 @@ def entry_point(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.np < 0:
         parser.error("-np must be >= 0")
-    try:
-        preprocess_unlabeled(args.d, args.c, args.p, args.np, args.i, args.overwrite, args.verbose,
-                             show_progress_bar=not args.no_pbar)
-    except UnlabeledDataError as e:
-        print(f"ERROR: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_command(lambda: preprocess_unlabeled(args.d, args.c, args.p, args.np, args.i, args.overwrite, args.verbose,
+                                             show_progress_bar=not args.no_pbar), (UnlabeledDataError,))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import time
 from contextlib import contextmanager
 from typing import Callable, Dict, List, Optional
 
-from nnunet_mona.logged_command import run_with_log
+from nnunet_mona.cli.logged_command import run_with_log
 
 try:
     import resource

@@ -7,7 +7,6 @@ Everything lives in one work folder (default ./nnunet_mona_demo); a re-run conti
 """
 import argparse
 import os
-import sys
 import time
 from typing import List, Optional
 
@@ -17,6 +16,7 @@ from nnunet_mona.demo.evaluation import (dice_row, dice_rows_by_group, display_n
                                          markdown_group_table, markdown_table, write_results)
 from nnunet_mona.demo.figure import make_comparison_figure
 from nnunet_mona.demo.pipeline import DatasetSettings, DemoSettings, TrainingSettings
+from nnunet_mona.cli.arguments import command_parser, run_command
 
 DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
 SEMI_SUPERVISED = ("MeanTeacher", "MONA", "ACTION", "MixCL", "SemiSupervised")
@@ -35,9 +35,9 @@ PRESETS = {
 
 def build_parser() -> argparse.ArgumentParser:
     d, q = PRESETS["default"], PRESETS["quick"]
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_demo",
-        description="End-to-end demo on a synthetic 'cardiac-like' dataset: a few labeled patients, all from one "
+    parser = command_parser(
+        "nnUNetv2_mona_demo",
+        "End-to-end demo on a synthetic 'cardiac-like' dataset: a few labeled patients, all from one "
                     "scanner, and many unlabeled and held-out test patients from several scanners (the wall's "
                     "contrast, noise and bias field differ). Trains plain nnU-Net (labeled cases only) and "
                     "Mean Teacher (labeled + unlabeled) with the stock nnU-Net commands for a short budget, "
@@ -226,14 +226,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
 
 
 def entry_point() -> None:
-    try:
-        main()
-    except DemoError as e:
-        print(f"\nERROR: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("\nInterrupted. Run the same command again to continue where it stopped.", file=sys.stderr)
-        sys.exit(130)
+    run_command(main, (DemoError,))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
-"""Small command-line helpers shared by the ``nnUNetv2_mona_*`` commands."""
-import argparse
+"""How nnU-Net finds the nnunet_mona trainers: ``nnUNet_extTrainer`` pointing at the package's shim folder."""
 import os
 import sys
 
@@ -8,7 +7,7 @@ ENV_VAR = "nnUNet_extTrainer"
 
 def ext_trainer_folder() -> str:
     """Absolute path of the shim folder that ``nnUNet_extTrainer`` must point at."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "ext_trainers")
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "ext_trainers")
 
 
 def ext_trainer_env_value(current: str = None) -> str:
@@ -41,19 +40,3 @@ def warn_if_ext_trainer_missing() -> bool:
         return True
     print("WARNING: " + ext_trainer_hint(), file=sys.stderr)
     return False
-
-
-def env_entry_point(argv=None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_env",
-        description="Print the shell line that lets nnUNetv2_train / nnUNetv2_predict find the nnunet_mona "
-                    "trainers. Use it as:  eval \"$(nnUNetv2_mona_env)\"")
-    parser.add_argument("--check", action="store_true",
-                        help="do not print the export line; exit 1 with a hint if the current shell is not set up")
-    args = parser.parse_args(argv)
-    if args.check:
-        if warn_if_ext_trainer_missing():
-            print(f"{ENV_VAR} is set up: {os.environ[ENV_VAR]}")
-            return
-        sys.exit(1)
-    print(f"export {ENV_VAR}='{ext_trainer_env_value()}'")

@@ -5,12 +5,13 @@ of the fold (the split's ``unlabeled`` list and ``imagesUnlabeled``) in the prep
 derived preprocessed dataset under another ``nnUNet_preprocessed`` root whose ``splits_final.json`` trains the fold
 on labeled + pseudo-labeled cases. Training on it with stock ``nnUNetv2_train`` (that root as
 ``nnUNet_preprocessed``) is offline self-training; Mean Teacher started from that model with ``-pretrained_weights``
-is the recipe measured best with one labeled patient (README, Results). The real labels of unlabeled cases are
+is the recipe measured best with one labeled patient (docs/results.md). The real labels of unlabeled cases are
 never read, and nothing under the original ``nnUNet_preprocessed`` is written.
 """
-import argparse
 import os
 import sys
+
+from nnunet_mona.cli.arguments import command_parser
 
 RECORD_NAME = "pseudo_label_record.json"
 
@@ -50,9 +51,9 @@ def _check_target(output_root: str, source: str, name: str, overwrite: bool) -> 
 
 def entry_point(argv=None) -> None:
     import torch
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_pseudo_label",
-        description="Offline self-training, middle step: a trained model predicts the fold's unlabeled cases and a "
+    parser = command_parser(
+        "nnUNetv2_mona_pseudo_label",
+        "Offline self-training, middle step: a trained model predicts the fold's unlabeled cases and a "
                     "derived preprocessed dataset (under -o) trains the fold on labeled + pseudo-labeled cases. "
                     "The original preprocessed dataset is not changed.")
     parser.add_argument("-d", required=True, help="dataset name or id")
