@@ -149,9 +149,12 @@ def test_seeds_script_refuses_bad_input_with_a_message(tmp_path):
 
 @pytest.mark.parametrize("jobs_file", sorted(f for f in os.listdir(DEVICE) if f.startswith("acdc_seeds_jobs")))
 def test_jobs_files_name_known_trainers(jobs_file):
-    """Every line of a device jobs file is 'TAG TRAINER LABELED SEED [SETTINGS_JSON]' with a trainer this package
-    has (or SelfTraining), 1 or 3 labeled, an integer seed, unique tags: a typo would cost device minutes."""
+    """Every line of a device jobs file is 'TAG TRAINER LABELED SEED' with a trainer this package has (or
+    SelfTraining), 1 or 3 labeled, an integer seed, unique tags: a typo would cost device minutes. A fifth column
+    (settings JSON for the removed nnUNet_mona_trainer_settings) would make the trainer refuse to start: the line
+    must name the variant class instead."""
     from nnunet_mona import trainers
+    from nnunet_mona.trainers.removed_overrides import TRAINER_SETTINGS_VARIABLE, replacement_message
     tags = []
     with open(os.path.join(DEVICE, jobs_file)) as f:
         for line in f:
@@ -160,7 +163,7 @@ def test_jobs_files_name_known_trainers(jobs_file):
             tag, trainer, labeled, seed, *settings = line.split(maxsplit=4)
             assert trainer == "SelfTraining" or hasattr(trainers, trainer), (jobs_file, line)
             assert labeled in ("1", "3") and seed.isdigit(), (jobs_file, line)
-            if settings:
-                assert isinstance(json.loads(settings[0]), dict), (jobs_file, line)
+            assert not settings, (jobs_file, line, replacement_message(trainer, {TRAINER_SETTINGS_VARIABLE:
+                                                                               settings[0].strip()}))
             tags.append(tag)
     assert tags and len(tags) == len(set(tags)), jobs_file
