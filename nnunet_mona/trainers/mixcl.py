@@ -84,6 +84,7 @@ def label_consistency_loss(embedding: torch.Tensor, labels: torch.Tensor, num_cl
 
 
 class nnUNetTrainerMixCLPretrain(nnUNetTrainerSemiSupervised):
+    checkpointed_modules = {"mixcl_state": "mixcl_state"}  # key projector, identity queue, label bank
     supervised_weight: float = 1.0
     loss_weights = {"identity": 0.1, "label": 0.1, "reconstruction": 1.0}
     loss_term_names = ("identity", "label", "reconstruction")
@@ -294,13 +295,3 @@ class nnUNetTrainerMixCLPretrain(nnUNetTrainerSemiSupervised):
         if "label_keys" in self._pending:
             self.mixcl_state["label_bank"].enqueue(*self.keys_from_all_ranks(*self._pending["label_keys"]))
 
-    # ------------------------------------------------------------------ checkpoints
-    def extra_checkpoint_state(self) -> dict:
-        state = super().extra_checkpoint_state()
-        state["mixcl_state"] = self.mixcl_state.state_dict()
-        return state
-
-    def load_extra_checkpoint_state(self, state: dict) -> None:
-        super().load_extra_checkpoint_state(state)
-        if "mixcl_state" in state:
-            self.mixcl_state.load_state_dict(state["mixcl_state"])

@@ -66,6 +66,8 @@ def resize_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     """MONA fine-tuning: unsup + 0.01 contrast + nn + eqv on top of nnU-Net's supervised loss."""
 
+    checkpointed_modules = {"mona": "mona_state"}  # teacher head, class banks, nn queue: resumed with --c
+
     # ---- unlabeled view
     mix_mode: str = "cutmix"  # 'cutmix' | 'cutout' | 'classmix' | 'none'
     mix_area_fraction: float = 0.5  # MONA: a box of half the patch
@@ -372,13 +374,3 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
             self.mona_state["nn_queue"].enqueue(self.keys_from_all_ranks(self._pending["nn_keys"]))
         self._pending = {}
 
-    # ------------------------------------------------------------------ checkpoints
-    def extra_checkpoint_state(self) -> dict:
-        state = super().extra_checkpoint_state()
-        state["mona"] = self.mona_state.state_dict()
-        return state
-
-    def load_extra_checkpoint_state(self, state: dict) -> None:
-        super().load_extra_checkpoint_state(state)
-        if "mona" in state:
-            self.mona_state.load_state_dict(state["mona"])

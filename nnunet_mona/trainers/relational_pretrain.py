@@ -88,6 +88,8 @@ class WindowProjector(nn.Module):
 class nnUNetTrainerMONAPretrain(nnUNetTrainerSemiSupervised):
     """MONA stage 1: 1.0 x Dice+CE + global ISD + local ISD (method_spec A.2, intended version)."""
 
+    checkpointed_modules = {"relational": "relational_state"}  # teacher heads (EMA) and queues
+
     supervised_weight = 1.0
     train_decoder: bool = True
     use_global: bool = True
@@ -282,16 +284,6 @@ class nnUNetTrainerMONAPretrain(nnUNetTrainerSemiSupervised):
                 self.relational_state[f"{term}_queue"].enqueue(self.keys_from_all_ranks(self._pending[term]))
         self._pending = {}
 
-    # ------------------------------------------------------------------ checkpoints
-    def extra_checkpoint_state(self) -> dict:
-        state = super().extra_checkpoint_state()
-        state["relational"] = self.relational_state.state_dict()
-        return state
-
-    def load_extra_checkpoint_state(self, state: dict) -> None:
-        super().load_extra_checkpoint_state(state)
-        if "relational" in state:
-            self.relational_state.load_state_dict(state["relational"])
 
 
 class nnUNetTrainerACTIONPretrainEncoder(nnUNetTrainerMONAPretrain):

@@ -561,16 +561,30 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         return {}
 
     # ------------------------------------------------------------------ checkpoints
+    # {key in checkpoint['semi_supervised']: attribute holding an nn.Module (None when unused)}: state that a
+    # resume needs beyond nnU-Net's keys. A subclass adds its own entries; they are merged along the class
+    # hierarchy (checkpointed_module_names), so no subclass overrides the save / load methods for it.
+    checkpointed_modules = {"auxiliary_modules": "auxiliary_modules",
+                            "distribution_alignment": "distribution_alignment",
+                            "adaptive_threshold": "adaptive_threshold"}
+
+    @classmethod
+    def checkpointed_module_names(cls) -> Dict[str, str]:
+        """``checkpointed_modules`` of every class from the base down (a subclass's entry wins)."""
+        names: Dict[str, str] = {}
+        for klass in reversed(cls.__mro__):
+            names.update(klass.__dict__.get("checkpointed_modules", {}))
+        return names
+
     def extra_checkpoint_state(self) -> dict:
-        """Everything a resume needs beyond nnU-Net's keys. Subclasses extend the dict."""
+        """Everything a resume needs beyond nnU-Net's keys: the teacher, the step counters, the random streams
+        and every module named by :meth:`checkpointed_module_names` that this training uses."""
         state = {"teacher": self.teacher.state_dict(), "num_nonfinite_steps": self.num_nonfinite_steps,
                  "rng_state": self.random_state()}
-        if self.auxiliary_modules is not None:
-            state["auxiliary_modules"] = self.auxiliary_modules.state_dict()
-        if self.distribution_alignment is not None:
-            state["distribution_alignment"] = self.distribution_alignment.state_dict()
-        if self.adaptive_threshold is not None:
-            state["adaptive_threshold"] = self.adaptive_threshold.state_dict()
+        for key, attribute in self.checkpointed_module_names().items():
+            module = getattr(self, attribute, None)
+            if module is not None:
+                state[key] = module.state_dict()
         return state
 
     def load_extra_checkpoint_state(self, state: dict) -> None:
@@ -578,12 +592,10 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         self._teacher_restored = True
         self.num_nonfinite_steps = state.get("num_nonfinite_steps", 0)
         self._pending_rng_state = state.get("rng_state")
-        if self.auxiliary_modules is not None and "auxiliary_modules" in state:
-            self.auxiliary_modules.load_state_dict(state["auxiliary_modules"])
-        if self.distribution_alignment is not None and "distribution_alignment" in state:
-            self.distribution_alignment.load_state_dict(state["distribution_alignment"])
-        if self.adaptive_threshold is not None and "adaptive_threshold" in state:
-            self.adaptive_threshold.load_state_dict(state["adaptive_threshold"])
+        for key, attribute in self.checkpointed_module_names().items():
+            module = getattr(self, attribute, None)
+            if module is not None and key in state:
+                module.load_state_dict(state[key])
 
     def _base_checkpoint(self, network_weights: dict) -> dict:
         return {
