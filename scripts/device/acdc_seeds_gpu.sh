@@ -1,5 +1,5 @@
 #!/bin/bash
-# Seeds of the CPU-scale ACDC protocol on the device's GPU, in one call: many (trainer, labeled, seed, settings)
+# Seeds of the CPU-scale ACDC protocol on the device's GPU, in one call: many (trainer, labeled, seed)
 # trainings at once, each predicted (student and, for EMA trainers, teacher) and evaluated on the val volumes.
 # The CPU protocol's preprocessed data travels as a tarball (no conversion or planning on the device), so every
 # row trains on exactly the data of the CPU rows (docs/results.md); only the hardware (and so the numerics) differs.
@@ -10,7 +10,7 @@
 #   -> .dev/sweep/{pre2d.tar.xz, small.tar.gz}
 # Device call 1 (carry .dev/stage.sh .dev/site312.tar.xz .dev/acdc.part0): bash .dev/stage.sh deps
 # Device call 2 (carry .dev/sweep): source /tmp/env.sh && bash scripts/device/acdc_seeds_gpu.sh --jobs FILE
-# JOBS FILE: one job per line, "TAG TRAINER LABELED(1|3) SEED [SETTINGS_JSON]", run in this order, at most
+# JOBS FILE: one job per line, "TAG TRAINER LABELED(1|3) SEED", run in this order, at most
 # --parallel at a time; a job not finished by the deadline is stopped and reported as such. TRAINER
 # SelfTraining runs offline self-training (plain nnU-Net, pseudo-labels of the unlabeled cases, plain again).
 # Options: --budget_s S [560] whole script   --parallel P [9]   --n_proc_da K [2]   --epochs E [20]
@@ -46,7 +46,7 @@ if [ "$PACK" = 1 ]; then  # here: the two tarballs the device call carries
   ls -la "$SRC"; exit 0
 fi
 
-[ -f "$JOBS" ] || { echo "--jobs FILE is required (lines: TAG TRAINER LABELED SEED [SETTINGS_JSON])" >&2; exit 2; }
+[ -f "$JOBS" ] || { echo "--jobs FILE is required (lines: TAG TRAINER LABELED SEED; a configuration is a trainer variant class)" >&2; exit 2; }
 mkdir -p "$OUTDIR" "$WORK/logs"
 LOG="$OUTDIR/sweep_log.txt"
 say() { echo "[sweep $(date +%H:%M:%S) +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
@@ -77,37 +77,38 @@ fi
 # 2. trainings, in the jobs file's order, at most PARALLEL at once, all stopped at the deadline
 TRAIN_DEADLINE=$(( BUDGET_S - 75 ))  # leave time to predict and evaluate what finished
 until_deadline() { echo $(( TRAIN_DEADLINE - ($(date +%s) - T0) )); }
-train_one() {  # PREPROCESSED RESULTS TRAINER SEED SETTINGS LOG
-  nnUNet_preprocessed=$1 nnUNet_results=$2 nnUNet_mona_seed=$4 nnUNet_mona_trainer_settings=$5 \
+train_one() {  # PREPROCESSED RESULTS TRAINER SEED LOG
+  nnUNet_preprocessed=$1 nnUNet_results=$2 nnUNet_mona_seed=$4 \
     timeout -k 5 "$(until_deadline)" \
-    nnUNetv2_train 27 2d 0 -tr "$3" -p nnUNetPlans_b8 -device "$DEVICE" >> "$6" 2>&1
+    nnUNetv2_train 27 2d 0 -tr "$3" -p nnUNetPlans_b8 -device "$DEVICE" >> "$5" 2>&1
 }
 # TRAINER SelfTraining = offline self-training (nnU-Net's maintainers' advice): plain nnU-Net, pseudo-labels of
 # the fold's unlabeled cases (nnunet_mona.benchmark.self_training), plain nnU-Net again on labeled + pseudo-labeled
 real_trainer() { [ "$1" = SelfTraining ] && echo nnUNetTrainerBudget || echo "$1"; }
-train_job() {  # TAG TRAINER LABELED SEED SETTINGS
-  local tag=$1 tr=$2 n=$3 seed=$4 settings=${5:-}
+train_job() {  # TAG TRAINER LABELED SEED
+  local tag=$1 tr=$2 n=$3 seed=$4
   local s=$(date +%s) log=$WORK/logs/$1.train.log rc
   if [ "$tr" = SelfTraining ]; then
-    train_one "$WORK/pre$n" "$WORK/res/${tag}_plain" nnUNetTrainerBudget "$seed" "$settings" "$log" \
+    train_one "$WORK/pre$n" "$WORK/res/${tag}_plain" nnUNetTrainerBudget "$seed" "$log" \
     && nnUNet_results=$WORK/res/${tag}_plain timeout -k 5 "$(until_deadline)" $PYTHON -m \
       nnunet_mona.benchmark.self_training --source "$WORK/pre$n/$D" --target "$WORK/pre_st_$tag/$D" \
       --model "$WORK/res/${tag}_plain/$D/nnUNetTrainerBudget__nnUNetPlans_b8__2d/fold_0" -p nnUNetPlans_b8 \
       -device "$DEVICE" --disable_tta --record "$WORK/logs/$tag.pseudo_labels.json" >> "$log" 2>&1 \
-    && train_one "$WORK/pre_st_$tag" "$WORK/res/$tag" nnUNetTrainerBudget "$seed" "$settings" "$log"
+    && train_one "$WORK/pre_st_$tag" "$WORK/res/$tag" nnUNetTrainerBudget "$seed" "$log"
   else
-    train_one "$WORK/pre$n" "$WORK/res/$tag" "$tr" "$seed" "$settings" "$log"
+    train_one "$WORK/pre$n" "$WORK/res/$tag" "$tr" "$seed" "$log"
   fi
   rc=$?
   echo "$tag $rc $(( $(date +%s) - s ))" >> "$WORK/train_done.txt"
-  say "trained $tag ($tr, $n labeled, seed $seed${settings:+, $settings}): exit $rc in $(( $(date +%s) - s ))s"
+  say "trained $tag ($tr, $n labeled, seed $seed): exit $rc in $(( $(date +%s) - s ))s"
 }
 : > "$WORK/train_done.txt"
-while read -r tag tr n seed settings; do
+while read -r tag tr n seed extra; do
+  [ -z "${extra:-}" ] || { say "skipped $tag: a fifth column (settings) is no longer read; name a trainer variant class"; continue; }
   [ -z "$tag" ] || [ "${tag#\#}" != "$tag" ] && continue
   while [ "$(jobs -rp | wc -l)" -ge "$PARALLEL" ]; do sleep 2; done
   [ "$(until_deadline)" -gt 60 ] || { say "not started (no time): $tag"; continue; }
-  train_job "$tag" "$tr" "$n" "$seed" "$settings" &
+  train_job "$tag" "$tr" "$n" "$seed" &
   sleep 1
 done < "$JOBS"
 wait
