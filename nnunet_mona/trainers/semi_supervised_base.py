@@ -11,23 +11,23 @@ One training iteration (see docs/design.md):
 With ``supervised_warmup_fraction`` > 0 the first epochs run only nnU-Net's supervised step on the labeled batch
 (trainers.supervised_warmup); the steps above start after them, from a teacher copied from the student.
 
-Subclasses are small: they set class attributes and implement ``compute_unlabeled_losses``
-(and, when they have heads or memory banks, ``build_auxiliary_modules`` /
-``extra_checkpoint_state`` / ``load_extra_checkpoint_state``).
+Subclasses are small: they set class attributes and implement ``compute_unlabeled_losses`` (and, when they have
+heads or memory banks, ``build_auxiliary_modules`` and a ``checkpointed_modules`` entry).
+
+The class is this file's set-up, data and training step, plus one mixin per seam: the random streams that
+``--c`` restores (trainers.random_streams), the teacher's prediction pipeline (trainers.teacher_pipeline), the
+per-epoch diagnostics (trainers.epoch_diagnostics) and the checkpoints (trainers.semi_supervised_checkpoints).
 """
 import math
 import os
-import random
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
-from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
-from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast, nn
@@ -38,12 +38,15 @@ from nnunet_mona.trainers.budget import TrainedThisRun, apply_budget_from_enviro
 from nnunet_mona.modules.class_adaptive_threshold import ClassAdaptiveThreshold
 from nnunet_mona.modules.distribution_alignment import ClassDistributionAlignment
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
-from nnunet_mona.modules.ema_teacher import EMATeacher, unwrap_network
+from nnunet_mona.modules.ema_teacher import EMATeacher
 from nnunet_mona.trainers.gradient_monitor import relative_gradient_norms
-from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger, term_key
+from nnunet_mona.trainers.progress_logging import SemiSupervisedLocalLogger
+from nnunet_mona.trainers.epoch_diagnostics import EpochDiagnosticsMixin
+from nnunet_mona.trainers.random_streams import RandomStreamsMixin
 from nnunet_mona.trainers.removed_overrides import refuse_removed_overrides
+from nnunet_mona.trainers.semi_supervised_checkpoints import SemiSupervisedCheckpointsMixin
 from nnunet_mona.trainers.supervised_warmup import PhasedPolyLRScheduler, supervised_warmup_epochs
-from nnunet_mona.trainers.term_monitor import degenerate_term_warnings
+from nnunet_mona.trainers.teacher_pipeline import TeacherPipelineMixin
 
 
 def sigmoid_rampup(progress: float) -> float:
@@ -52,7 +55,8 @@ def sigmoid_rampup(progress: float) -> float:
     return float(math.exp(-5.0 * (1.0 - t) ** 2))
 
 
-class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
+class nnUNetTrainerSemiSupervised(RandomStreamsMixin, TeacherPipelineMixin, EpochDiagnosticsMixin,
+                                  SemiSupervisedCheckpointsMixin, TrainedThisRun, nnUNetTrainer):
     """Base class: EMA teacher, unlabeled loader, weak/strong views, loss-term logging.
 
     Not meant to be trained directly (it has no unsupervised loss); use a method trainer such as
@@ -253,24 +257,6 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         return dataloader_train, dataloader_val
 
     # ------------------------------------------------------------------ training
-    def _in_process_loaders(self) -> list:
-        """Loaders that run in this process (nnUNet_n_proc_DA=0): their sampling RNG is ours to
-        seed and checkpoint. Worker-process loaders are not reproducible by design."""
-        return [a.data_loader for a in (self.dataloader_train, self.dataloader_val, self.dataloader_unlabeled)
-                if isinstance(a, SingleThreadedAugmenter)]
-
-    def random_state(self) -> dict:
-        return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "loaders": [dl.rs.get_state() for dl in self._in_process_loaders()]}
-
-    def set_random_state(self, state: dict) -> None:
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        torch.set_rng_state(state["torch"].cpu())
-        loaders = self._in_process_loaders()
-        if len(loaders) == len(state["loaders"]):
-            for dl, rs in zip(loaders, state["loaders"]):
-                dl.rs.set_state(rs)
 
     def on_train_start(self):
         super().on_train_start()
@@ -279,9 +265,7 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
             self.teacher.copy_from(self.network)
         seed = seed_from_environment()
         if seed is not None and self._pending_rng_state is None:
-            # batchgenerators' loaders draw cases from their own unseeded RandomState
-            for i, dl in enumerate(self._in_process_loaders()):
-                dl.rs = np.random.RandomState(seed + 1000 * (i + 1) + self.local_rank)
+            self.seed_in_process_loaders(seed)
         if self._pending_rng_state is not None:
             # after the loaders were built and primed: continue exactly where the checkpoint was taken
             self.set_random_state(self._pending_rng_state)
@@ -337,44 +321,6 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         """{'data_weak', 'data_strong': (Bu, C, *P) float, 'valid_mask': (Bu, 1, *P) bool} on the device."""
         batch = next(self.dataloader_unlabeled)
         return {k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-    @torch.no_grad()
-    def teacher_predict(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Teacher on ``images`` (B, C, *P): fp32 'probs' (B, K, *P), 'confidence' (B, *P),
-        'pseudo_label' (B, *P) long."""
-        with self.autocast_context():
-            logits = self.teacher(images)
-        probs = torch.softmax(logits.float(), dim=1)
-        confidence, pseudo_label = probs.max(dim=1)
-        return {"logits": logits.float(), "probs": probs, "confidence": confidence, "pseudo_label": pseudo_label}
-
-    def _aligned_teacher_output(self, teacher_out: Dict[str, torch.Tensor], target, valid: torch.Tensor
-                                ) -> Dict[str, torch.Tensor]:
-        """``teacher_out`` with distribution-aligned 'probs' (B, K, *P) and the 'confidence' / 'pseudo_label'
-        (B, *P) that follow from them; ``target``: the labeled batch's target (deep supervision: full res first)."""
-        self.distribution_alignment.observe_labeled(target[0] if isinstance(target, (list, tuple)) else target)
-        probs = self.distribution_alignment.align(teacher_out["probs"], valid)
-        confidence, pseudo_label = probs.max(dim=1)
-        return {**teacher_out, "probs": probs, "confidence": confidence, "pseudo_label": pseudo_label}
-
-    def pseudo_label_threshold(self, pseudo_label: torch.Tensor, ceiling: float) -> Union[float, torch.Tensor]:
-        """The confidence a pixel's pseudo-label needs: ``ceiling`` (the trainer's fixed threshold), or with
-        ``class_adaptive_threshold`` a (B, *P) map of each pixel's class threshold for ``pseudo_label`` (B, *P)."""
-        if self.adaptive_threshold is None:
-            return ceiling
-        return self.adaptive_threshold.threshold_map(pseudo_label, ceiling)
-
-    def make_student_unlabeled_input(self, unlabeled: Dict[str, torch.Tensor],
-                                     teacher_out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """The student's unlabeled input and its per-pixel targets. Default: the strong view with
-        the teacher's predictions on the weak view (same geometry). Mixing methods (cutmix...)
-        override this and must transform images, pseudo-labels, confidences and masks alike.
-
-        Returns a dict with 'image' (B, C, *P), 'probs' (B, K, *P), 'confidence' (B, *P),
-        'pseudo_label' (B, *P), 'valid' (B, *P) bool."""
-        return {"image": unlabeled["data_strong"], "probs": teacher_out["probs"],
-                "confidence": teacher_out["confidence"], "pseudo_label": teacher_out["pseudo_label"],
-                "valid": unlabeled["valid_mask"][:, 0]}
 
     def compute_unlabeled_losses(self, student_outputs_unlabeled, student_input: Dict[str, torch.Tensor],
                                  unlabeled: Dict[str, torch.Tensor], labeled_outputs, labeled_target
@@ -490,12 +436,6 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
             result[name] = value.detach().float().cpu().numpy()
         return result
 
-    def monitored_parameters(self):
-        """Parameters whose gradients ``log_gradient_norms`` compares: the student's decoder (shared by every
-        term), or the whole student if the architecture has no ``decoder``."""
-        net = unwrap_network(self.network)
-        return list(getattr(net, "decoder", net).parameters())
-
     def _skip_nonfinite_step(self, sup: torch.Tensor, terms: Dict[str, torch.Tensor]) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
         self.num_nonfinite_steps += 1
@@ -511,132 +451,15 @@ class nnUNetTrainerSemiSupervised(TrainedThisRun, nnUNetTrainer):
         nan = np.array(np.nan)
         return {"loss": nan, "sup": nan, "skipped_steps": np.array(1.0), **{n: nan for n in terms}}
 
-    def on_train_epoch_end(self, train_outputs: List[dict]):
-        outputs = collate_outputs(train_outputs)
-        for name in ["loss"] + self.all_term_names:
-            values = outputs.get(name, np.array([np.nan]))
-            if self.is_ddp:
-                gathered = [None for _ in range(dist.get_world_size())]
-                dist.all_gather_object(gathered, values)
-                values = np.vstack(gathered)
-            reducer = np.nansum if name == "skipped_steps" else np.nanmean
-            value = float(reducer(values)) if np.any(np.isfinite(values)) else float("nan")
-            if name == "loss":
-                self.logger.log("train_losses", value, self.current_epoch)
-            else:
-                self.logger.log(term_key(name), value, self.current_epoch)
 
-    def on_epoch_end(self):
-        terms = {n: self.logger.get_value(term_key(n), step=-1) for n in self.all_term_names}
-        self.print_to_log_file("loss terms", {k: round(float(v), 4) for k, v in terms.items()},
-                               f"(unsupervised ramp {self.unsupervised_weight_factor():.3f})")
-        self._print_gradient_norms()
-        if self.grad_scaler is not None and self.mixed_precision:
-            self.print_to_log_file(f"gradient scaler: {self.amp_skipped_steps} step(s) skipped this epoch for "
-                                   f"inf / NaN gradients, scale now {self.grad_scaler.get_scale():g}")
-        self.amp_skipped_steps = 0
-        alignment = self.distribution_alignment
-        if alignment is not None and alignment.teacher_share is not None and alignment.labeled_share is not None:
-            self.print_to_log_file("class share labeled", [round(float(v), 4) for v in alignment.labeled_share],
-                                   "teacher (unaligned)", [round(float(v), 4) for v in alignment.teacher_share])
-        if self.adaptive_threshold is not None and self.adaptive_threshold.class_confidence is not None:
-            self.print_to_log_file("teacher confidence per pseudo-class (class-adaptive thresholds)",
-                                   [round(float(v), 4) for v in self.adaptive_threshold.class_confidence])
-        for message in degenerate_term_warnings({k: float(v) for k, v in terms.items()}, self.chance_values(),
-                                                self.collapse_zero_terms):
-            self.print_to_log_file(message)
-        super().on_epoch_end()
 
-    def _print_gradient_norms(self):
-        if self._gradient_norms is not None:
-            self.print_to_log_file("decoder gradient norm relative to the supervised loss (first step)",
-                                   {k: round(v, 4) for k, v in self._gradient_norms.items()})
-            self._gradient_norms = None
 
-    # names of terms whose value 0 means a collapsed representation (e.g. MONA's 'nn')
-    collapse_zero_terms: tuple = ()
 
-    def chance_values(self) -> Dict[str, float]:
-        """{term: value it takes when every similarity is equal}; contrastive trainers override."""
-        return {}
 
-    # ------------------------------------------------------------------ checkpoints
-    # {key in checkpoint['semi_supervised']: attribute holding an nn.Module (None when unused)}: state that a
-    # resume needs beyond nnU-Net's keys. A subclass adds its own entries; they are merged along the class
-    # hierarchy (checkpointed_module_names), so no subclass overrides the save / load methods for it.
-    checkpointed_modules = {"auxiliary_modules": "auxiliary_modules",
-                            "distribution_alignment": "distribution_alignment",
-                            "adaptive_threshold": "adaptive_threshold"}
 
-    @classmethod
-    def checkpointed_module_names(cls) -> Dict[str, str]:
-        """``checkpointed_modules`` of every class from the base down (a subclass's entry wins)."""
-        names: Dict[str, str] = {}
-        for klass in reversed(cls.__mro__):
-            names.update(klass.__dict__.get("checkpointed_modules", {}))
-        return names
 
-    def extra_checkpoint_state(self) -> dict:
-        """Everything a resume needs beyond nnU-Net's keys: the teacher, the step counters, the random streams
-        and every module named by :meth:`checkpointed_module_names` that this training uses."""
-        state = {"teacher": self.teacher.state_dict(), "num_nonfinite_steps": self.num_nonfinite_steps,
-                 "rng_state": self.random_state()}
-        for key, attribute in self.checkpointed_module_names().items():
-            module = getattr(self, attribute, None)
-            if module is not None:
-                state[key] = module.state_dict()
-        return state
 
-    def load_extra_checkpoint_state(self, state: dict) -> None:
-        self.teacher.load_state_dict(state["teacher"])
-        self._teacher_restored = True
-        self.num_nonfinite_steps = state.get("num_nonfinite_steps", 0)
-        self._pending_rng_state = state.get("rng_state")
-        for key, attribute in self.checkpointed_module_names().items():
-            module = getattr(self, attribute, None)
-            if module is not None and key in state:
-                module.load_state_dict(state[key])
 
-    def _base_checkpoint(self, network_weights: dict) -> dict:
-        return {
-            "network_weights": network_weights,
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-        }
 
-    def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = self._base_checkpoint(unwrap_network(self.network).state_dict())
-        checkpoint["semi_supervised"] = self.extra_checkpoint_state()
-        torch.save(checkpoint, filename)
 
-    def save_teacher_checkpoint(self, filename: str) -> None:
-        """A checkpoint whose 'network_weights' are the teacher's: ``nnUNetv2_predict -chk <name>``."""
-        checkpoint = self._base_checkpoint(self.teacher.model.state_dict())
-        checkpoint.pop("optimizer_state")
-        checkpoint.pop("grad_scaler_state")
-        torch.save(checkpoint, filename)
 
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False) \
-            if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint
-        if "optimizer_state" not in checkpoint:
-            raise RuntimeError("This is a teacher-only checkpoint (for prediction with -chk); it cannot be used to "
-                               "resume training. Resume from checkpoint_final/latest/best.pth instead.")
-        super().load_checkpoint(filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else checkpoint)
-        if "semi_supervised" in checkpoint:
-            self.load_extra_checkpoint_state(checkpoint["semi_supervised"])
-        else:
-            # e.g. a plain nnUNetTrainer checkpoint: start the teacher from the loaded student
-            self.teacher.copy_from(self.network)
-            self._teacher_restored = True
