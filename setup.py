@@ -37,6 +37,7 @@ setup(
             "nnUNetv2_mona_scaling = nnunet_mona.benchmark.scaling:entry_point",
             "nnUNetv2_mona_evaluate = nnunet_mona.benchmark.evaluate:entry_point",
             "nnUNetv2_mona_pseudo_label = nnunet_mona.cli.pseudo_label_command:entry_point",
+            "nnUNetv2_mona_check_folds = nnunet_mona.cli.check_folds:entry_point",
         ]
     },
 )
