@@ -8,7 +8,8 @@ nnU-Net fixes the budget in code (1000 epochs x 250 iterations; variants such as
 
 ``nnUNet_mona_val_iterations`` sets the validation iterations per epoch, ``nnUNet_mona_save_every``
 how often (epochs) ``checkpoint_latest.pth`` is written, ``nnUNet_mona_seed`` seeds python, numpy
-and torch (with ``nnUNet_n_proc_DA=0`` a CPU run is then repeatable). Unset: nnU-Net's defaults.
+and torch (with ``nnUNet_n_proc_DA=0`` a CPU run of plain nnU-Net or Mean Teacher is then repeatable; MONA drifts at
+float precision, docs/results.md). Unset: nnU-Net's defaults.
 ``nnUNet_mona_skip_validation=1`` skips the validation ``nnUNetv2_train`` runs after training
 (``nnUNetv2_train ... --val`` still runs it): with fold ``all`` it predicts the training cases, which
 tells nothing, and on a small CPU it costs minutes (export worker processes that import nnU-Net).
