@@ -27,7 +27,7 @@ HIDDEN_LABEL_ID = 988  # as 991, and the unlabeled cases' preprocessed labels ar
 
 # the longest test files (minutes of nnU-Net trainings each, 2-core CPU) go first, so that with two test processes
 # (pytest.ini) neither is left running one of them alone at the end
-LONGEST_FIRST = ("test_five_fold_workflow.py", "test_semi_supervised_gain.py", "test_benchmark.py",
+LONGEST_FIRST = ("test_five_fold_workflow.py", "test_semi_supervised_gain.py", "test_benchmark.py", "test_scaling.py",
                  "test_device_script.py", "test_mean_teacher_end_to_end.py", "test_benchmark_protocol.py")
 
 
