@@ -47,6 +47,22 @@ def write_identical_folds(ds: dict, n_folds: int) -> str:
     return pre
 
 
+def benchmark_dataset_with_splits(raw_root: str, dataset_id: int, name: str, seed: int, train_for) -> dict:
+    """A synthetic dataset for the benchmark commands: 4 patients (2 frames each) all in imagesTr/labelsTr, 1 test
+    patient, and one splits_final_<N>labeled.json per N of ``train_for(roles)`` ({N: training cases}), every other
+    training case unlabeled. Returns {'raw': dataset folder, 'roles': ...}."""
+    from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
+    roles = write_synthetic_dataset(raw_root, dataset_id=dataset_id, dataset_name=name, n_labeled_patients=2,
+                                    n_unlabeled_patients=2, n_test_patients=1, size=(64, 64), n_slices=2,
+                                    unlabeled_as_training_cases=True, seed=seed)
+    raw = os.path.join(raw_root, f"Dataset{dataset_id}_{name}")
+    everything = roles["labeled"] + roles["unlabeled"]
+    for n, train in train_for(roles).items():
+        with open(os.path.join(raw, f"splits_final_{n}labeled.json"), "w") as f:
+            json.dump([{"train": train, "val": train, "unlabeled": [c for c in everything if c not in train]}], f)
+    return {"raw": raw, "roles": roles}
+
+
 def fake_batches(trainer, batch: int = 2):
     """Random labeled ({'data', 'target': deep-supervision list}) and unlabeled ({'data_weak', 'data_strong',
     'valid_mask'}) batches of ``batch`` patches in ``trainer``'s patch size and label count (4 labels)."""

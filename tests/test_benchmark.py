@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from scipy.spatial.distance import cdist
 
-from conftest import run_cmd
+from conftest import benchmark_dataset_with_splits, run_cmd
 from nnunet_mona.benchmark.evaluate import class_metrics, evaluate_folders, markdown_table, summarize
 from nnunet_mona.benchmark.surface_metrics import asd, dice, hd95, surface, surface_distances
 
@@ -225,17 +225,10 @@ TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
 
 @pytest.fixture(scope="module")
 def benchmark_dataset(nnunet_dirs):
-    from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
-    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=BENCH_ID, dataset_name="MonaBenchmark",
-                                    n_labeled_patients=2, n_unlabeled_patients=2, n_test_patients=1, size=(64, 64),
-                                    n_slices=2, unlabeled_as_training_cases=True, seed=3)
-    raw = os.path.join(nnunet_dirs["raw"], f"Dataset{BENCH_ID}_MonaBenchmark")
-    everything = roles["labeled"] + roles["unlabeled"]
-    for n in (1, 2):
-        train = roles["labeled"][:2 * n]  # 2 frames per patient
-        with open(os.path.join(raw, f"splits_final_{n}labeled.json"), "w") as f:
-            json.dump([{"train": train, "val": train, "unlabeled": [c for c in everything if c not in train]}], f)
-    return {"raw": raw, "roles": roles, **nnunet_dirs}
+    # N labeled patients = the first 2 N frames (2 per patient)
+    ds = benchmark_dataset_with_splits(nnunet_dirs["raw"], BENCH_ID, "MonaBenchmark", 3,
+                                       lambda roles: {n: roles["labeled"][:2 * n] for n in (1, 2)})
+    return {**ds, **nnunet_dirs}
 
 
 def _bench_cmd(output):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import run_cmd
+from conftest import benchmark_dataset_with_splits, run_cmd
 from nnunet_mona.benchmark.processes import BenchmarkError
 from nnunet_mona.benchmark.scaling import merge_stamp
 from nnunet_mona.benchmark.scaling_plan import (check_budgets, check_rows, invocations, measured_total_iterations,
@@ -138,16 +138,10 @@ ROWS = ["plain", "self_training", "nnUNetTrainerMeanTeacher_warmStart", "ceiling
 
 @pytest.fixture(scope="module")
 def scaling_dataset(nnunet_dirs):
-    from nnunet_mona.demo.synthetic_dataset import write_synthetic_dataset
-    roles = write_synthetic_dataset(nnunet_dirs["raw"], dataset_id=SCALING_ID, dataset_name="MonaScaling",
-                                    n_labeled_patients=2, n_unlabeled_patients=2, n_test_patients=1, size=(64, 64),
-                                    n_slices=2, unlabeled_as_training_cases=True, seed=4)
-    raw = os.path.join(nnunet_dirs["raw"], f"Dataset{SCALING_ID}_MonaScaling")
-    everything = roles["labeled"] + roles["unlabeled"]
-    for n, train in ((1, roles["labeled"][:2]), (4, everything)):  # 2 frames per patient; 4 = every patient
-        with open(os.path.join(raw, f"splits_final_{n}labeled.json"), "w") as f:
-            json.dump([{"train": train, "val": train, "unlabeled": [c for c in everything if c not in train]}], f)
-    return {"raw": raw, "roles": roles, **nnunet_dirs}
+    # N = 1: 2 frames of the first patient; N = 4: every training patient (the ceiling)
+    ds = benchmark_dataset_with_splits(nnunet_dirs["raw"], SCALING_ID, "MonaScaling", 4,
+                                       lambda roles: {1: roles["labeled"][:2], 4: roles["labeled"] + roles["unlabeled"]})
+    return {**ds, **nnunet_dirs}
 
 
 def _scaling_cmd(output, *extra, budgets=("4", "8"), ceiling="4"):
