@@ -131,6 +131,23 @@ def test_stamp_extends_with_the_same_protocol_and_refuses_another(tmp_path):
         merge_stamp(out, dict(more, iterations_per_epoch=25))
 
 
+def test_report_only_writes_the_table_from_the_folder_and_trains_nothing(tmp_path, capsys):
+    from nnunet_mona.benchmark.scaling import entry_point
+    out = str(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        entry_point(["-o", out, "--report_only"])  # no scaling run here yet
+    assert stop.value.code == 1 and "scaling_protocol.json missing" in capsys.readouterr().err
+    _write_results(budget_folder(out, 0, 1000), [_run(3, "nnUNetTrainerBudget", 0.5, 20)])
+    with open(os.path.join(out, "scaling_protocol.json"), "w") as f:
+        json.dump(_stamp(), f)
+    with pytest.raises(SystemExit) as stop:
+        entry_point(["-o", out, "--report_only"])
+    assert stop.value.code == 0 and "nothing trained" in capsys.readouterr().out
+    md = open(os.path.join(out, "scaling.md")).read()
+    assert "| plain nnU-Net (nnUNetTrainerBudget) | 50.0 |" in md and "not run" in md
+    assert os.path.isfile(os.path.join(out, "scaling.png"))
+
+
 # ------------------------------------------------------------------------------------------------ end to end
 SCALING_ID = 983
 ROWS = ["plain", "self_training", "nnUNetTrainerMeanTeacher_warmStart", "ceiling"]

@@ -51,9 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="a benchmark protocol (see nnUNetv2_mona_benchmark -h) that fills the options not given "
                              "here; its epochs and trainers are replaced by --budgets and --rows")
-    parser.add_argument("--budgets", type=int, nargs="+", required=True,
+    parser.add_argument("--budgets", type=int, nargs="+", default=None,
                         help="total training iterations per row, e.g. 1000 2000 4000 8000; each a whole number of "
-                             "epochs (a multiple of --iterations)")
+                             "epochs (a multiple of --iterations). Required unless --report_only")
+    parser.add_argument("--report_only", action="store_true",
+                        help="train nothing: write scaling.md / .json / .png from what the folder -o holds (e.g. while "
+                             "its trainings still run)")
     parser.add_argument("--iterations", type=int, default=None,
                         help="training iterations per epoch. Default: the preset's, else nnU-Net's 250")
     parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS),
@@ -177,8 +180,32 @@ def benchmark_command(args, view, call, folder: str) -> List[str]:
     return cmd
 
 
+def write_report(output: str, stamp: dict) -> None:
+    report = collect(output, stamp)
+    save_json(report, os.path.join(output, "scaling.json"))
+    with open(os.path.join(output, "scaling.md"), "w") as f:
+        f.write(markdown(report))
+    figure(report, os.path.join(output, "scaling.png"))
+
+
+def report_only(output: str) -> int:
+    path = os.path.join(output, STAMP)
+    if not os.path.isfile(path):
+        raise BenchmarkError(f"{output} holds no scaling run ({STAMP} missing); run nnUNetv2_mona_scaling with "
+                             f"--budgets first")
+    import json
+    with open(path) as f:
+        write_report(output, json.load(f))
+    say(f"scaling table: {os.path.join(output, 'scaling.md')} (and scaling.json, scaling.png); nothing trained")
+    return 0
+
+
 def run(args, argv: List[str]) -> int:
     start = time.time()
+    if args.report_only:
+        return report_only(os.path.abspath(args.o))
+    if args.budgets is None:
+        raise BenchmarkError("--budgets is required (total training iterations per row, e.g. 1000 2000 4000 8000)")
     view = _resolved(args)
     if view.d is None:
         raise BenchmarkError("-d (the dataset) is required unless --preset gives it")
@@ -212,11 +239,7 @@ def run(args, argv: List[str]) -> int:
         if code != 0:
             failed.append(f"budget folder {call.folder_budget}: {list(call.trainers)} on N = {list(call.labeled)}")
             say(f"[scaling {i}/{len(calls)}] the benchmark call failed (exit {code}); going on with the others")
-    report = collect(output, stamp)
-    save_json(report, os.path.join(output, "scaling.json"))
-    with open(os.path.join(output, "scaling.md"), "w") as f:
-        f.write(markdown(report))
-    figure(report, os.path.join(output, "scaling.png"))
+    write_report(output, stamp)
     say(f"scaling table: {os.path.join(output, 'scaling.md')} (and scaling.json, scaling.png); "
         f"{round(time.time() - start)} s")
     if failed:
