@@ -116,6 +116,21 @@ def test_missing_rows_read_not_run_and_seeds_average(tmp_path):
     assert "55.0 (2 seeds)" in markdown(report)
 
 
+def test_a_row_finished_while_its_benchmark_call_still_runs_is_reported(tmp_path):
+    out = str(tmp_path)
+    folder = budget_folder(out, 0, 1000)  # no results.json yet: the call's other rows still train
+    for sub, name, content in (("metrics", "nnUNetTrainerBudget.json", {"summary": {"mona": {"mean": {"dice": 0.6}}}}),
+                               ("records", "nnUNetTrainerBudget_train.json",
+                                {"epochs_completed": 20, "iterations_per_epoch": 50, "mean_epoch_seconds": 3.0})):
+        os.makedirs(os.path.join(folder, "labeled_3", sub), exist_ok=True)
+        with open(os.path.join(folder, "labeled_3", sub, name), "w") as f:
+            json.dump(content, f)
+    report = collect(out, _stamp())
+    plain = report["tables"]["3"]["plain"]["1000"]
+    assert plain["status"] == "ok" and plain["dice"] == pytest.approx(0.6) and not plain["flagged"]
+    assert report["tables"]["3"]["nnUNetTrainerMeanTeacher_warmStart"]["1000"]["status"] == "not run"
+
+
 def test_stamp_extends_with_the_same_protocol_and_refuses_another(tmp_path):
     out = str(tmp_path)
     first = dict(_stamp(), dataset_name="D", preset=None, batch_size=8, val_iterations=5, disable_tta=True,

@@ -11,6 +11,7 @@ import os
 from typing import Dict, List, Optional
 
 from nnunet_mona.benchmark.scaling_plan import CEILING, PLAIN, SELF, measured_total_iterations, where_row_lives
+from nnunet_mona.benchmark.self_training import SELF_TRAINING
 
 FLAG = "!"
 
@@ -30,6 +31,20 @@ def _runs(folder: str) -> Dict[tuple, dict]:
     with open(path) as f:
         results = json.load(f)
     return {(r["n_labeled"], r["trainer"]): r for r in results.get("runs", [])}
+
+
+def finished_single_training(folder: str, n: int, trainer: str) -> Optional[dict]:
+    """A one-training row that the benchmark call still running has finished (its metrics and training record
+    exist, results.json does not list it yet), in results.json's form; None otherwise."""
+    if SELF_TRAINING in trainer or "+" in trainer:
+        return None  # self-training and chains: their composite record is only written with results.json
+    metrics = os.path.join(folder, f"labeled_{n}", "metrics", f"{trainer}.json")
+    record = os.path.join(folder, f"labeled_{n}", "records", f"{trainer}_train.json")
+    if not (os.path.isfile(metrics) and os.path.isfile(record)):
+        return None
+    with open(metrics) as f, open(record) as g:
+        return {"n_labeled": n, "trainer": trainer, "status": "ok", "summary": json.load(f)["summary"],
+                "train": json.load(g)}
 
 
 def training_seconds(train_record: dict) -> Optional[float]:
@@ -57,7 +72,8 @@ def cell(output: str, seeds: List, row: str, budget: int, n: int, ceiling_labele
     folder_budget, labeled, trainer = where_row_lives(row, budget, n, ceiling_labeled, iterations)
     per_seed = []
     for seed in seeds:
-        run = _runs(budget_folder(output, seed, folder_budget)).get((labeled, trainer))
+        folder = budget_folder(output, seed, folder_budget)
+        run = _runs(folder).get((labeled, trainer)) or finished_single_training(folder, labeled, trainer)
         if run is None:
             continue
         entry = {"seed": seed, "status": run.get("status"), "folder_budget": folder_budget}
@@ -208,7 +224,8 @@ def figure(report: dict, path: str) -> None:
     ax.set_title(f"{p['dataset']}: {', '.join(map(str, counts))} labeled patient(s), ceiling "
                  f"{p['ceiling_labeled']} labeled")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    if ax.get_lines():
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
