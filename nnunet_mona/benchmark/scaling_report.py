@@ -67,13 +67,18 @@ def training_seconds(train_record: dict) -> Optional[float]:
     return total
 
 
-def cell(output: str, seeds: List, row: str, budget: int, n: int, ceiling_labeled: int, iterations: int) -> dict:
-    """The measurements of one (row, budget, N) over ``seeds``; ``status`` 'ok', 'failed' or 'not run'."""
+def cell(output: str, seeds: List, row: str, budget: int, n: int, ceiling_labeled: int, iterations: int,
+         runs_cache: Optional[Dict[str, Dict[tuple, dict]]] = None) -> dict:
+    """The measurements of one (row, budget, N) over ``seeds``; ``status`` 'ok', 'failed' or 'not run'.
+    ``runs_cache`` ({folder: its results.json rows}) lets one report read each results.json once."""
+    runs_cache = {} if runs_cache is None else runs_cache
     folder_budget, labeled, trainer = where_row_lives(row, budget, n, ceiling_labeled, iterations)
     per_seed = []
     for seed in seeds:
         folder = budget_folder(output, seed, folder_budget)
-        run = _runs(folder).get((labeled, trainer)) or finished_single_training(folder, labeled, trainer)
+        if folder not in runs_cache:
+            runs_cache[folder] = _runs(folder)
+        run = runs_cache[folder].get((labeled, trainer)) or finished_single_training(folder, labeled, trainer)
         if run is None:
             continue
         entry = {"seed": seed, "status": run.get("status"), "folder_budget": folder_budget}
@@ -97,9 +102,10 @@ def collect(output: str, stamp: dict) -> dict:
     """Every cell of the rows, budgets, labeled counts and seeds that the folder's invocations asked for."""
     seeds, rows, budgets = stamp["seeds"], stamp["rows"], sorted(stamp["budgets"])
     ceiling, iterations = stamp["ceiling_labeled"], stamp["iterations_per_epoch"]
-    tables = {}
+    tables, runs_cache = {}, {}
     for n in stamp["labeled"]:
-        tables[str(n)] = {row: {str(b): cell(output, seeds, row, b, n, ceiling, iterations) for b in budgets}
+        tables[str(n)] = {row: {str(b): cell(output, seeds, row, b, n, ceiling, iterations, runs_cache)
+                                for b in budgets}
                           for row in rows}
     return {"protocol": stamp, "tables": tables, "margins": {n: margins(t, budgets) for n, t in tables.items()}}
 
