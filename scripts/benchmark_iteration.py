@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 
-from nnunet_mona.trainers.ready_trainer import finish_loaders, make_trainer, start_loaders
+from nnunet_mona.trainers.ready_trainer import finish_loaders, make_trainer, skip_supervised_warmup, start_loaders
 
 
 def _sync(device: torch.device) -> None:
@@ -57,6 +57,7 @@ def benchmark(trainer_name: str, preprocessed_folder: str, plans_name: str, conf
               device: torch.device, warmup: int, iterations: int) -> dict:
     trainer = make_trainer(trainer_name, preprocessed_folder, configuration, fold, device, plans_name=plans_name,
                            seed=0)
+    skip_supervised_warmup(trainer)  # time the method's step, not its supervised warm-up
     start_loaders(trainer)
     unlabeled = getattr(trainer, "unlabeled_batch_size", None) or 0
     _ = next(trainer.dataloader_train)  # loaders started, their buffers resident

@@ -159,10 +159,10 @@ def test_chain_first_stage_is_the_rows_training_and_a_newer_one_restarts_the_nex
     calls = []
     bench._train_stage = lambda n, paths, stage, pretrained, restart, prefix: calls.append(
         (paths.fold_folder(stage), pretrained, restart, prefix)) or False
-    spec = "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher"
+    spec = "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher_randomStart"
     chain, plain = lay.run_paths(3, spec), lay.run_paths(3, "nnUNetTrainerBudget")
     plain_final = os.path.join(plain.fold_folder("nnUNetTrainerBudget"), "checkpoint_final.pth")
-    mt_final = os.path.join(chain.fold_folder("nnUNetTrainerMeanTeacher"), "checkpoint_final.pth")
+    mt_final = os.path.join(chain.fold_folder("nnUNetTrainerMeanTeacher_randomStart"), "checkpoint_final.pth")
 
     def touch(path, mtime):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -170,7 +170,8 @@ def test_chain_first_stage_is_the_rows_training_and_a_newer_one_restarts_the_nex
         os.utime(path, (mtime, mtime))
 
     bench.train(3, chain, "[N=3]")
-    assert [c[0] for c in calls] == [plain.fold_folder("nnUNetTrainerBudget"), chain.fold_folder("nnUNetTrainerMeanTeacher")]
+    assert [c[0] for c in calls] == [plain.fold_folder("nnUNetTrainerBudget"),
+                                     chain.fold_folder("nnUNetTrainerMeanTeacher_randomStart")]
     assert calls[1][1] == plain_final and not calls[1][2] and "(= its own row's training)" in calls[0][3]
     touch(plain_final, 1000)
     touch(mt_final, 2000)
@@ -195,8 +196,8 @@ def test_self_training_as_first_stage_starts_the_next_stage_from_the_self_traini
     from nnunet_mona.benchmark.chains import check_specs
     from nnunet_mona.benchmark.layout import Layout
     from nnunet_mona.benchmark.run_benchmark import Benchmark
-    spec = "SelfTraining+nnUNetTrainerMeanTeacher"
-    assert check_specs([spec]) == ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
+    spec = "SelfTraining+nnUNetTrainerMeanTeacher_randomStart"
+    assert check_specs([spec]) == ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_randomStart"]
     lay = Layout(str(tmp_path), "Dataset1_X")
     bench = Benchmark(SimpleNamespace(checkpoint="student"), lay, "", "", [], [1], ["A"])
     self_trained, trained = [], []
@@ -205,22 +206,22 @@ def test_self_training_as_first_stage_starts_the_next_stage_from_the_self_traini
         (paths.fold_folder(stage), pretrained, restart)) or False
     chain, st = lay.run_paths(1, spec), lay.run_paths(1, "SelfTraining")
     st_final = os.path.join(st.fold_folder("nnUNetTrainerBudget"), "checkpoint_final.pth")
-    mt_final = os.path.join(chain.fold_folder("nnUNetTrainerMeanTeacher"), "checkpoint_final.pth")
+    mt_final = os.path.join(chain.fold_folder("nnUNetTrainerMeanTeacher_randomStart"), "checkpoint_final.pth")
     bench.train(1, chain, "[N=1]")
     assert self_trained == [st.base] and st.base.endswith("labeled_1/self_training")
-    assert trained == [(chain.fold_folder("nnUNetTrainerMeanTeacher"), st_final, False)]
+    assert trained == [(chain.fold_folder("nnUNetTrainerMeanTeacher_randomStart"), st_final, False)]
     for path, mtime in ((st_final, 2000), (mt_final, 1000)):  # self-training redone after the chain's MT stage
         os.makedirs(os.path.dirname(path), exist_ok=True)
         open(path, "w").close()
         os.utime(path, (mtime, mtime))
     trained.clear()
     bench.train(1, chain, "[N=1]")
-    assert trained == [(chain.fold_folder("nnUNetTrainerMeanTeacher"), st_final, True)]
+    assert trained == [(chain.fold_folder("nnUNetTrainerMeanTeacher_randomStart"), st_final, True)]
 
 
 # ------------------------------------------------------------------------------------------------ end to end
 BENCH_ID = 997
-TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
+TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_randomStart"]
 
 
 @pytest.fixture(scope="module")
@@ -285,7 +286,8 @@ def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
     assert not os.path.exists(os.path.join(benchmark_dataset["preprocessed"], f"Dataset{BENCH_ID}_MonaBenchmark",
                                            "splits_final.json"))
     md = open(os.path.join(output, "results.md")).read()
-    assert md.count("| nnUNetTrainerMeanTeacher |") == 4 and "## 2 labeled patient(s)" in md  # 2 N x 2 tables
+    # 2 N x 2 tables
+    assert md.count("| nnUNetTrainerMeanTeacher_randomStart |") == 4 and "## 2 labeled patient(s)" in md
 
     start = time.time()
     again = run_cmd(_bench_cmd(output), timeout=300, env=_bench_env())
@@ -298,7 +300,7 @@ def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
     # trainer's own row; the plain nnUNetTrainerBudget row is not retrained, and the chain
     # nnUNetTrainerBudget+nnUNetTrainerMeanTeacher starts from that row's model instead of training it again
     chain = "nnUNetTrainerMixCLPretrain+nnUNetTrainerBudget"
-    warm = "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher"
+    warm = "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher_randomStart"
     plain = os.path.join(output, "labeled_1", "nnUNet_results", f"Dataset{BENCH_ID}_MonaBenchmark",
                          "nnUNetTrainerBudget__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth")
     plain_mtime = os.path.getmtime(plain)
@@ -308,7 +310,8 @@ def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
     all_runs = json.load(open(os.path.join(output, "results.json")))["runs"]
     # the rows of the first command that this one did not run stay in the report, marked with that command
     assert {(r["n_labeled"], r["trainer"]) for r in all_runs if r.get("earlier_command")} == \
-        {(1, "nnUNetTrainerMeanTeacher"), (2, "nnUNetTrainerBudget"), (2, "nnUNetTrainerMeanTeacher")}
+        {(1, "nnUNetTrainerMeanTeacher_randomStart"), (2, "nnUNetTrainerBudget"),
+         (2, "nnUNetTrainerMeanTeacher_randomStart")}
     rows = {r["trainer"]: r for r in all_runs if r["n_labeled"] == 1 and not r.get("earlier_command")}
     row = rows["nnUNetTrainerMixCLPretrain + nnUNetTrainerBudget"]
     assert row["status"] == "ok", (row, third[-3000:])
@@ -321,7 +324,7 @@ def test_benchmark_end_to_end_and_resume(benchmark_dataset, tmp_path):
     pretrained = os.path.join(output, "labeled_1", "nnUNet_results", f"Dataset{BENCH_ID}_MonaBenchmark",
                               "nnUNetTrainerMixCLPretrain__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth")
     assert f"Loading pretrained weights from file  {pretrained}" in log, log[-3000:]
-    warm_row = rows["nnUNetTrainerBudget + nnUNetTrainerMeanTeacher"]
+    warm_row = rows["nnUNetTrainerBudget + nnUNetTrainerMeanTeacher_randomStart"]
     assert warm_row["status"] == "ok", (warm_row, third[-3000:])
     assert f"Loading pretrained weights from file  {plain}" in open(warm_row["train_log"]).read()
     assert "stage Budget (= its own row's training): [skip] training" in third

@@ -109,8 +109,9 @@ def test_quarter_preset_is_the_cpu_protocol_at_quarter_resolution_with_self_trai
     args = build_parser().parse_args(["--preset", "acdc_cpu_quarter"])
     apply_preset(args)
     half = PRESETS["acdc_cpu"]
-    assert args.d == "28" and args.trainers == ["nnUNetTrainerBudget", "SelfTraining", "nnUNetTrainerMeanTeacher",
-                                                "nnUNetTrainerMONA", "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher"]
+    assert args.d == "28" and args.trainers == ["nnUNetTrainerBudget", "SelfTraining",
+                                                "nnUNetTrainerMeanTeacher_randomStart", "nnUNetTrainerMONA_randomStart",
+                                                "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher_randomStart"]
     assert (args.batch_size, args.labeled, args.epochs, args.iterations, args.val_iterations, args.device,
             args.disable_tta, args.seed) == tuple(half[k] for k in ("batch_size", "labeled", "epochs", "iterations",
                                                                      "val_iterations", "device", "disable_tta", "seed"))
@@ -385,3 +386,57 @@ def test_self_training_row_end_to_end(poisoned_dataset, tmp_path):
     proc = subprocess.run(_self_cmd(output, 2), capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1 and "another protocol" in proc.stderr and "batch_size: 3 there, 2 now" in proc.stderr
     assert not any("bs2" in e for e in os.listdir(os.path.join(output, "labeled_1", "nnUNet_preprocessed", d["name"])))
+
+
+@pytest.mark.parametrize("trainers, on_disk, refused", [
+    (["nnUNetTrainerBudget + nnUNetTrainerMeanTeacher"], [], "nnUNetTrainerMeanTeacher"),
+    ([], ["nnUNetTrainerMONA_noContrast"], "nnUNetTrainerMONA_noContrast"),  # inherits the changed default
+    (["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA_randomStart"],
+     ["nnUNetTrainerACTION", "nnUNetTrainerMONA_paperRecipe"], None),  # their own warm-up settings: unchanged
+])
+def test_a_folder_from_before_the_warm_start_defaults_is_refused_where_its_rows_changed_meaning(
+        tmp_path, monkeypatch, trainers, on_disk, refused):
+    """A folder recording no trainer-defaults revision was trained when nnUNetTrainerMeanTeacher / MONA (and the
+    variants inheriting their warm-up) had none: resuming it would show those finished rows under names that now
+    train a warm start. Refused, naming the rows and the _randomStart variants, and left unchanged; rows whose
+    classes set their own warm-up are not affected, nor is a folder of the current revision."""
+    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key
+    for variable in ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings"):
+        monkeypatch.delenv(variable, raising=False)
+    key = protocol_key(_protocol_args(), "D", {}, "nnUNetPlans", {})
+    old = {k: v for k, v in key.items() if k != "trainer_defaults"}
+    (tmp_path / "results.json").write_text(json.dumps({"protocol": {**old, "trainers": trainers}, "runs": []}))
+    for name in on_disk:
+        os.makedirs(tmp_path / "labeled_3" / "nnUNet_results" / "Dataset001_D" / f"{name}__nnUNetPlans__2d")
+    before = (tmp_path / "results.json").read_text()
+    if refused is None:
+        check_same_protocol(str(tmp_path), key)
+    else:
+        with pytest.raises(BenchmarkError) as info:
+            check_same_protocol(str(tmp_path), key)
+        message = str(info.value)
+        assert refused in message and "_randomStart" in message and "-o" in message, message
+        assert (tmp_path / "results.json").read_text() == before
+        (tmp_path / "benchmark_protocol.json").write_text(json.dumps(key))  # the current revision: accepted
+        (tmp_path / "results.json").write_text(json.dumps({"protocol": {**key, "trainers": trainers}, "runs": []}))
+        check_same_protocol(str(tmp_path), key)
+
+
+def test_rows_that_would_not_train_the_recipe_their_name_says_are_refused_before_any_work():
+    """A warm-started trainer whose warm-up leaves --epochs no semi-supervised epoch (the training would shorten
+    it), and a warm-started chain stage (it starts from the previous stage's model): clear errors naming the
+    variant without warm-up. The same rows without warm-up pass."""
+    from nnunet_mona.benchmark import preparation as prep
+    from nnunet_mona.benchmark.chains import check_specs, stage_trainer, stages
+    ok = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher", "SelfTraining+nnUNetTrainerMONA_randomStart",
+          "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher_randomStart"]
+    prep.check_trainers(check_specs(ok))
+    prep.check_warmups(ok, 2, stage_trainer, stages)
+    with pytest.raises(BenchmarkError, match=r"nnUNetTrainerMeanTeacher with --epochs 1: .*leaves no "
+                                             r"semi-supervised epoch.*nnUNetTrainerMeanTeacher_randomStart"):
+        prep.check_warmups(ok, 1, stage_trainer, stages)
+    prep.check_warmups(["nnUNetTrainerMeanTeacher_randomStart"], 1, stage_trainer, stages)
+    for chain in ("nnUNetTrainerBudget+nnUNetTrainerMeanTeacher", "SelfTraining+nnUNetTrainerMONA"):
+        prep.check_trainers(check_specs([chain]))
+        with pytest.raises(BenchmarkError, match=r"starts from the previous stage's model.*_randomStart"):
+            prep.check_warmups([chain], 20, stage_trainer, stages)

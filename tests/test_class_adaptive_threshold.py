@@ -57,7 +57,7 @@ def test_an_unsure_foreground_enters_the_pseudo_label_loss_only_with_adaptive_th
 def test_trainers_use_the_adaptive_thresholds_and_checkpoint_them(hidden_label_dataset, monkeypatch):
     from nnunet_mona.trainers.ready_trainer import finish_loaders, make_trainer, start_loaders
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    for name in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"):
+    for name in ("nnUNetTrainerMeanTeacher_randomStart", "nnUNetTrainerMONA_randomStart"):
         trainer = make_trainer(name, hidden_label_dataset["pre"], fold=2, seed=0,
                                class_overrides={"class_adaptive_threshold": True})
         start_loaders(trainer)
@@ -76,6 +76,6 @@ def test_trainers_use_the_adaptive_thresholds_and_checkpoint_them(hidden_label_d
         finally:
             finish_loaders(trainer)
     # off by default: the fixed threshold, a float
-    trainer = make_trainer("nnUNetTrainerMeanTeacher", hidden_label_dataset["pre"], fold=2, seed=0)
+    trainer = make_trainer("nnUNetTrainerMeanTeacher_randomStart", hidden_label_dataset["pre"], fold=2, seed=0)
     assert trainer.adaptive_threshold is None
     assert trainer.pseudo_label_threshold(torch.zeros(1, 2, 2, dtype=torch.long), 0.9) == 0.9

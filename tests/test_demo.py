@@ -75,7 +75,7 @@ def test_demo_end_to_end(tmp_path, isolated_env):
     # a second run continues: training and prediction are skipped, the results are the same
     again = main(TINY + ["-o", str(work)])
     assert again["dice"] == results["dice"]
-    assert again["timings"]["train nnUNetTrainerMeanTeacher"] < 30
+    assert again["timings"]["train nnUNetTrainerMeanTeacher_randomStart"] < 30
 
     # another dataset in the same folder is refused, nothing is deleted
     with pytest.raises(DemoError, match="other settings"):

@@ -67,14 +67,14 @@ def test_device_script_cpu_token_budget(tmp_path):
                    env=dict(os.environ, PYTHON=sys.executable), stdout=subprocess.DEVNULL)
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet") and k != "PYTHON"}
     env.update(OMP_NUM_THREADS="1", nnUNet_n_proc_DA="0")
-    command = (f"source {env_dir}/env.sh && bash {DEVICE}/acdc_gpu.sh --device cpu --acdc {acdc} --epochs 1 "
+    command = (f"source {env_dir}/env.sh && bash {DEVICE}/acdc_gpu.sh --device cpu --acdc {acdc} --epochs 2 "
                f"--iterations 2 --bench_iterations 1 --bench_warmup 0 --da_batches 1 --val_iterations 1 "
                f"--extra_labeled '' --disable_tta --budget_s 2400 --out {out} --work {work}")
     done = subprocess.run(["bash", "-c", command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, timeout=2700)
     assert done.returncode == 0, done.stdout[-8000:]
     results = json.loads((out / "results.json").read_text())
-    assert results["protocol"]["device"] == "cpu" and results["protocol"]["epochs"] == 1
+    assert results["protocol"]["device"] == "cpu" and results["protocol"]["epochs"] == 2
     assert results["protocol"]["evaluation"]["n_volumes"] == 4  # val.list = imagesTs / labelsTs
     assert [(r["trainer"], r["status"]) for r in results["runs"]] == [
         ("nnUNetTrainerBudget", "ok"), ("nnUNetTrainerMeanTeacher", "ok"), ("nnUNetTrainerMONA", "ok")]
@@ -127,7 +127,7 @@ def test_sizing_adds_labeled_counts_only_when_they_fit(tmp_path, capsys):
     # a failed measurement (MONA's file missing) becomes a flagged estimate, the sizing still answers
     os.remove(tmp_path / "iter_nnUNetTrainerMONA.json")
     chosen, _ = _size(tmp_path, capsys, "--remaining_s", "300", "--extra_labeled")
-    assert chosen["epochs"] >= 1 and "estimated" in (tmp_path / "out" / "cost.md").read_text()
+    assert chosen["epochs"] >= 2 and "estimated" in (tmp_path / "out" / "cost.md").read_text()
 
 
 def test_seeds_script_refuses_bad_input_with_a_message(tmp_path):

@@ -106,7 +106,7 @@ def test_the_random_start_of_the_teacher_is_forgotten_within_a_few_dozen_steps()
 # ---------------------------------------------------------------- inside a real trainer (dataset: conftest)
 def _aligned_mean_teacher(dataset):
     from nnunet_mona.trainers.ready_trainer import make_trainer, start_loaders
-    trainer = make_trainer("nnUNetTrainerMeanTeacher", dataset["pre"], fold=2, seed=0)  # aligns by default
+    trainer = make_trainer("nnUNetTrainerMeanTeacher_randomStart", dataset["pre"], fold=2, seed=0)  # aligns by default
     start_loaders(trainer)
     return trainer
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-TRAINERS = ["nnUNetTrainerMONA", "nnUNetTrainerMONAPretrain", "nnUNetTrainerMixCLPretrain"]
+TRAINERS = ["nnUNetTrainerMONA_randomStart", "nnUNetTrainerMONAPretrain", "nnUNetTrainerMixCLPretrain"]
 
 
 @pytest.fixture
@@ -110,7 +110,7 @@ def test_mixed_precision_setting_and_scaler_skip_count(hidden_label_dataset, mon
     ``mixed_precision: false`` bypasses both the scaler and autocast on CUDA (the fp32 check for MONA)."""
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     from nnunetv2.utilities.helpers import dummy_context
-    trainer = _trainer(hidden_label_dataset, "nnUNetTrainerMeanTeacher", "_scalerTest", {})
+    trainer = _trainer(hidden_label_dataset, "nnUNetTrainerMeanTeacher_randomStart", "_scalerTest", {})
     try:
         trainer.grad_scaler = spy = _SpyScaler(skip_first=True)
         trainer.train_step(next(trainer.dataloader_train))

@@ -65,13 +65,14 @@ def test_mean_teacher_mixes_this_steps_labeled_patches_into_the_student_view(hid
     from nnunet_mona.trainers.ready_trainer import finish_loaders, make_trainer, start_loaders
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     try:  # misspelt: refused up front
-        make_trainer("nnUNetTrainerMeanTeacher", hidden_label_dataset["pre"], fold=2, seed=0,
+        make_trainer("nnUNetTrainerMeanTeacher_randomStart", hidden_label_dataset["pre"], fold=2, seed=0,
                      class_overrides={"mix_mode": "copypaste"})
     except ValueError as error:
         assert "'copypaste'" in str(error) and "copy_paste" in str(error)
     else:
         raise AssertionError("a misspelt mix_mode was accepted")
-    trainer = make_trainer("nnUNetTrainerMeanTeacher_copyPaste", hidden_label_dataset["pre"], fold=2, seed=0)
+    trainer = make_trainer("nnUNetTrainerMeanTeacher_copyPaste", hidden_label_dataset["pre"], fold=2, seed=0,
+                           class_overrides={"supervised_warmup_fraction": 0.0})  # semi-supervised from step 0
     start_loaders(trainer)
     try:
         seen = []

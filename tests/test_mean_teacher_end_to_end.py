@@ -19,7 +19,7 @@ import torch
 from conftest import run_cmd
 
 BIN = os.path.dirname(sys.executable)
-TRAINER = "nnUNetTrainerMeanTeacher"
+TRAINER = "nnUNetTrainerMeanTeacher_randomStart"
 
 
 def _budget_env(epochs, iterations=3):

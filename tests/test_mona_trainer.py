@@ -21,7 +21,7 @@ from nnunet_mona.modules.feature_hooks import (DecoderFeatureCollector, decoder_
                                                decoder_level_strides)
 
 BIN = os.path.dirname(sys.executable)
-TRAINER = "nnUNetTrainerMONA"
+TRAINER = "nnUNetTrainerMONA_randomStart"
 MONA_TERMS = ("unsup", "unsup_dice", "contrast", "nn", "eqv", "confident_fraction")
 
 

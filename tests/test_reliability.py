@@ -18,7 +18,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from conftest import fake_batches, run_cmd, write_identical_folds
 
 BIN = os.path.dirname(sys.executable)
-TRAINER = "nnUNetTrainerMeanTeacher"
+TRAINER = "nnUNetTrainerMeanTeacher_randomStart"
 
 
 def _env(epochs):
@@ -99,7 +99,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(dataset):
 
 def _in_process_trainer(ds, fold=1):
     from nnunet_mona.trainers.ready_trainer import make_trainer
-    return make_trainer("nnUNetTrainerMeanTeacher", join(ds["preprocessed"], ds["name"]), fold=fold)
+    return make_trainer("nnUNetTrainerMeanTeacher_randomStart", join(ds["preprocessed"], ds["name"]), fold=fold)
 
 
 def test_non_finite_losses_are_skipped_counted_and_stop_training(dataset, monkeypatch):

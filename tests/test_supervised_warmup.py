@@ -10,7 +10,8 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 
 from conftest import fake_batches, run_cmd, write_identical_folds
-from nnunet_mona.trainers.supervised_warmup import PhasedPolyLRScheduler, supervised_warmup_epochs
+from nnunet_mona.trainers.supervised_warmup import (PhasedPolyLRScheduler, fitted_warmup_epochs,
+                                                   supervised_warmup_epochs)
 
 BIN = os.path.dirname(sys.executable)
 
@@ -27,9 +28,25 @@ def test_a_fraction_outside_0_1_is_refused_with_what_to_set(fraction):
         supervised_warmup_epochs(20, fraction)
 
 
-def test_a_warmup_that_leaves_no_semi_supervised_epoch_is_refused():
+def test_a_warmup_that_leaves_no_semi_supervised_epoch_is_refused_by_the_benchmark_and_shortened_in_training():
     with pytest.raises(ValueError, match="leaves no semi-supervised epoch"):
         supervised_warmup_epochs(1, 0.5)
+    assert fitted_warmup_epochs(1, 0.5) == (0, True)  # a 1-epoch smoke run is semi-supervised throughout
+    assert fitted_warmup_epochs(2, 0.9) == (1, True)
+    assert fitted_warmup_epochs(20, 0.5) == (10, False) and fitted_warmup_epochs(3, 0.0) == (0, False)
+    with pytest.raises(ValueError, match="must be a number in"):
+        fitted_warmup_epochs(20, 1.0)
+
+
+def test_the_default_mean_teacher_and_mona_start_with_half_supervised_and_their_named_variants_keep_each_recipe():
+    from nnunet_mona import trainers as t
+    for default in (t.nnUNetTrainerMeanTeacher, t.nnUNetTrainerMONA):
+        name = default.__name__
+        assert default.supervised_warmup_fraction == 0.5 == getattr(t, name + "_warmStart").supervised_warmup_fraction
+        assert getattr(t, name + "_randomStart").supervised_warmup_fraction == 0.0
+    # stages that start from another training's model, and the paper's recipe, have no warm-up of their own
+    for own_start in (t.nnUNetTrainerACTION, t.nnUNetTrainerMONA_paperRecipe):
+        assert own_start.supervised_warmup_fraction == 0.0
 
 
 def _lrs(scheduler, epochs):
@@ -97,12 +114,12 @@ def test_warmup_steps_are_supervised_then_the_teacher_starts_from_the_student(da
     assert trainer.unsupervised_weight_factor() == 1.0
 
 
-def test_nnunetv2_train_with_the_warm_start_variant_trains_the_method_only_after_the_warmup(dataset):
-    """``nnUNetTrainerMeanTeacher_warmStart`` = Mean Teacher with ``supervised_warmup_fraction`` 0.5."""
+def test_nnunetv2_train_with_the_default_mean_teacher_trains_the_method_only_after_the_warmup(dataset):
+    """The design's command ``nnUNetv2_train ... -tr nnUNetTrainerMeanTeacher``: half the epochs supervised."""
     env = os.environ.copy()
     env.update({"nnUNet_mona_epochs": "2", "nnUNet_mona_iterations": "3", "nnUNet_mona_val_iterations": "1",
                 "nnUNet_mona_skip_validation": "1"})
-    trainer = "nnUNetTrainerMeanTeacher_warmStart"
+    trainer = "nnUNetTrainerMeanTeacher"
     run_cmd([join(BIN, "nnUNetv2_train"), str(dataset["id"]), "2d", "4", "-tr", trainer, "-device", "cpu"], env=env)
     fold = join(dataset["results"], dataset["name"], f"{trainer}__nnUNetPlans__2d", "fold_4")
     ckpt = torch.load(join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
@@ -132,3 +149,19 @@ def test_monas_entropy_split_schedule_starts_at_the_switch(dataset, monkeypatch)
         trainer.on_train_epoch_start()
         trainer.train_step(labeled)
     assert progress == [0.0, 0.5]
+
+
+def test_skip_supervised_warmup_gives_a_step_driven_trainer_the_methods_step(dataset, monkeypatch):
+    """What the iteration benchmark times: the default (warm-started) Mean Teacher's semi-supervised step."""
+    from nnunet_mona.trainers.ready_trainer import make_trainer, skip_supervised_warmup
+    monkeypatch.setenv("nnUNet_mona_epochs", "4")
+    trainer = make_trainer("nnUNetTrainerMeanTeacher", join(dataset["preprocessed"], dataset["name"]), fold=3)
+    assert trainer.in_supervised_warmup()
+    skip_supervised_warmup(trainer)
+    assert not trainer.in_supervised_warmup() and trainer.current_epoch == 2
+    labeled, unlabeled = fake_batches(trainer)
+    monkeypatch.setattr(trainer, "next_unlabeled_batch", lambda: unlabeled)
+    assert "unsup" in trainer.train_step(labeled)
+    plain = make_trainer("nnUNetTrainerBudget", join(dataset["preprocessed"], dataset["name"]), fold=3)
+    skip_supervised_warmup(plain)
+    assert plain.current_epoch == 0

@@ -85,6 +85,43 @@ def check_trainers(trainers: Sequence[str]) -> Dict[str, str]:
     return found
 
 
+_NO_WARMUP_HINT = "nnUNetTrainerMeanTeacher_randomStart, nnUNetTrainerMONA_randomStart"
+
+
+def warmup_fractions(trainers: Sequence[str]) -> Dict[str, float]:
+    """{trainer: supervised_warmup_fraction} (0 for trainers without one); call after :func:`check_trainers`."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    fractions = {}
+    for t in trainers:
+        with contextlib.redirect_stdout(io.StringIO()):
+            cls = recursive_find_trainer_class_by_name(t)
+        fractions[t] = getattr(cls, "supervised_warmup_fraction", 0.0)
+    return fractions
+
+
+def check_warmups(specs: Sequence[str], epochs: int, stage_trainer, stages) -> None:
+    """Refuse a row that would not train the recipe its name says: a trainer whose supervised warm-up leaves
+    ``epochs`` no semi-supervised epoch (the training would shorten it), and a chain stage after the first with a
+    warm-up (it starts from the previous stage's model, which already is the supervised start). Call after
+    :func:`check_trainers`."""
+    from nnunet_mona.trainers.supervised_warmup import supervised_warmup_epochs
+    fractions = warmup_fractions(sorted({stage_trainer(s) for spec in specs for s in stages(spec)}))
+    for trainer, fraction in fractions.items():
+        try:
+            supervised_warmup_epochs(epochs, fraction)
+        except ValueError as e:
+            raise BenchmarkError(f"{trainer} with --epochs {epochs}: {e}; or benchmark a variant without warm-up "
+                                 f"({_NO_WARMUP_HINT})") from None
+    for spec in specs:
+        for stage in stages(spec)[1:]:
+            if fractions[stage_trainer(stage)] > 0:
+                raise BenchmarkError(
+                    f"Trainer spec {spec!r}: its stage {stage} starts from the previous stage's model, yet would "
+                    f"train its first {fractions[stage]:g} of the epochs supervised only again (its "
+                    f"supervised_warmup_fraction). Use a variant without warm-up as that stage "
+                    f"({_NO_WARMUP_HINT}).")
+
+
 def teacher_trainers(trainers: Sequence[str]) -> List[str]:
     """The trainers among ``trainers`` that write ``checkpoint_final_teacher.pth`` (the semi-supervised trainers'
     ``export_teacher_checkpoint``); call after :func:`check_trainers`."""

@@ -5,7 +5,8 @@ before any work (planning, preprocessing, training).
 
 ``acdc_cpu`` -- the CPU-scale ACDC protocol (a 2-core CPU, no GPU): ACDC in the SSL4MIS h5 format converted at half
 in-plane resolution (``nnUNetv2_mona_convert_acdc_h5 -i ACDC -d 27 --downsample 2``; 2d plans patch 128 x 112),
-plans batch 8, 3 labeled patients (``--labeled 1`` is the second setting), plain nnU-Net, Mean Teacher and MONA,
+plans batch 8, 3 labeled patients (``--labeled 1`` is the second setting), plain nnU-Net, Mean Teacher and MONA
+without supervised warm-up (``_randomStart``: at 20 epochs a warm-up leaves too few semi-supervised epochs),
 20 epochs x 50 iterations (5 validation iterations per epoch: nnU-Net's pseudo-Dice is only a progress signal
 here, its 50 would cost minutes per training), seed 0, CPU, prediction without mirroring, evaluated on the 20 val
 volumes.
@@ -13,8 +14,9 @@ volumes.
 ``acdc_cpu_quarter`` -- the same protocol at a quarter of the in-plane resolution (``nnUNetv2_mona_convert_acdc_h5 -i
 ACDC -d 28 --downsample 4``; 2d plans patch 64 x 56), sized for a 2-core CPU within about 90 minutes, with
 two rows added: offline self-training, and Mean Teacher started from the
-plain row's model (the chain ``nnUNetTrainerBudget+nnUNetTrainerMeanTeacher``: as self-training, two trainings, the
-first shared with the plain row). Rows: plain nnU-Net, self-training, Mean Teacher, MONA, plain -> Mean Teacher.
+plain row's model (the chain ``nnUNetTrainerBudget+nnUNetTrainerMeanTeacher_randomStart``: as self-training, two
+trainings, the first shared with the plain row). Rows: plain nnU-Net, self-training, Mean Teacher, MONA, plain ->
+Mean Teacher.
 """
 from typing import Dict, List
 
@@ -24,14 +26,14 @@ from nnunet_mona.benchmark.published import is_acdc_like
 PRESETS: Dict[str, dict] = {
     "acdc_cpu": {
         "d": "27", "batch_size": 8, "labeled": [3],
-        "trainers": ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"],
+        "trainers": ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_randomStart", "nnUNetTrainerMONA_randomStart"],
         "epochs": 20, "iterations": 50, "val_iterations": 5, "device": "cpu", "disable_tta": True, "seed": 0,
     },
 }
 PRESETS["acdc_cpu_quarter"] = {
     **PRESETS["acdc_cpu"], "d": "28",
-    "trainers": ["nnUNetTrainerBudget", "SelfTraining", "nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA",
-                 "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher"],
+    "trainers": ["nnUNetTrainerBudget", "SelfTraining", "nnUNetTrainerMeanTeacher_randomStart",
+                 "nnUNetTrainerMONA_randomStart", "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher_randomStart"],
 }
 # what the dataset of a preset must be: ACDC labels (RV, MYO, LV = 1, 2, 3) and this dataset.json
 # 'inplane_downsample' (written by the converters' --downsample; missing = 1)

@@ -7,10 +7,17 @@ into a table with the new settings. The benchmark therefore writes the settings 
 key differs (:func:`check_same_protocol`). A folder from before this check has only ``results.json``; the keys its
 protocol records are compared. What a trainer does is its class name (a row per variant class), so it needs no key.
 
+``trainer_defaults`` numbers the revision of the trainers' defaults: in folders without it (revision 1),
+``nnUNetTrainerMeanTeacher``, ``nnUNetTrainerMONA`` and the variants that inherit their warm-up trained from random
+weights; today they start with a supervised warm-up. Such a folder with rows of those classes is refused
+(:func:`refuse_changed_defaults`): its finished rows would be skipped and shown under a name that now trains
+another recipe.
+
 Older folders may record ``trainer_overrides``: the environment variables ``nnUNet_mona_trainer_settings`` /
 ``nnUNet_mona_loss_weights``, which no longer exist. A folder whose rows were trained with such an override is
 refused, naming the variant classes to benchmark instead; so is a run started while one of them is set.
 """
+import glob
 import json
 import os
 from typing import List, Optional, Tuple
@@ -21,6 +28,9 @@ from nnunet_mona.benchmark.evaluate import save_json
 STAMP = "benchmark_protocol.json"
 # as nnunet_mona.trainers.removed_overrides.REMOVED_VARIABLES (not imported here: that imports every trainer)
 REMOVED_OVERRIDE_VARIABLES = ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings")
+TRAINER_DEFAULTS_REVISION = 2
+# revision 1 -> 2: these classes' supervised_warmup_fraction went from 0 to 0.5 (and of the variants inheriting it)
+WARMUP_DEFAULT_CLASSES = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA")
 
 
 def plans_facts(plans_file: str, configuration: str) -> dict:
@@ -38,7 +48,7 @@ def protocol_key(args, dataset_name: str, dataset_json: dict, plans_name: str, f
     key = {"dataset_name": dataset_name, "inplane_downsample": dataset_json.get("inplane_downsample", 1),
            "configuration": args.c, "plans": plans_name, "source_plans": args.p, "fold": args.fold,
            "epochs": args.epochs, "iterations_per_epoch": args.iterations, "val_iterations": args.val_iterations,
-           "seed": args.seed, "disable_tta": bool(args.disable_tta)}
+           "seed": args.seed, "disable_tta": bool(args.disable_tta), "trainer_defaults": TRAINER_DEFAULTS_REVISION}
     key.update(facts)
     if args.batch_size is not None:
         key["batch_size"] = args.batch_size
@@ -101,10 +111,49 @@ def refuse_removed_overrides(output: str) -> None:
                 f"{_instead(overrides, _trainers_of(recorded))}.")
 
 
+def _trained_trainer_names(output: str) -> List[str]:
+    """Trainer classes with a model folder in ``output`` (labeled_N/nnUNet_results/<dataset>/<trainer>__...)."""
+    pattern = os.path.join(output, "labeled_*", "nnUNet_results", "*", "*__*")
+    return sorted({os.path.basename(path).split("__")[0] for path in glob.glob(pattern) if os.path.isdir(path)})
+
+
+def _warmup_from_changed_default(trainer: str) -> bool:
+    """Whether ``trainer`` takes its supervised_warmup_fraction from a class whose default changed (False for an
+    unknown name: nothing to compare)."""
+    from nnunet_mona.trainers.ready_trainer import find_trainer_class  # imports every trainer: only when needed
+    try:
+        cls = find_trainer_class(trainer)
+    except RuntimeError:
+        return False
+    owner = next((c for c in cls.__mro__ if "supervised_warmup_fraction" in vars(c)), None)
+    return owner is not None and owner.__name__ in WARMUP_DEFAULT_CLASSES
+
+
+def refuse_changed_defaults(output: str) -> None:
+    """Refuse a folder of trainer-defaults revision 1 (no ``trainer_defaults`` recorded) that holds rows of a class
+    whose warm-up default has changed since. Nothing is trained or overwritten."""
+    recorded = _recorded_protocols(output)
+    if not recorded or any(p.get("trainer_defaults", 1) >= TRAINER_DEFAULTS_REVISION for _, p in recorded):
+        return
+    names = set(_trained_trainer_names(output))
+    for _, protocol in recorded:
+        names.update(_trainers_of(protocol) or [])
+    changed = [t for t in sorted(names) if _warmup_from_changed_default(t)]
+    if changed:
+        raise BenchmarkError(
+            f"{output} holds rows of {', '.join(changed)} trained when {' and '.join(WARMUP_DEFAULT_CLASSES)} had no "
+            f"supervised warm-up (recorded in {recorded[0][0]}); today they train the first half of the epochs "
+            f"supervised only, so the finished rows would be shown under a name that now means another recipe. "
+            f"Nothing was changed there. Use another output folder (-o); the old recipe is the _randomStart "
+            f"variant (e.g. nnUNetTrainerMeanTeacher_randomStart).")
+
+
 def check_same_protocol(output: str, key: dict) -> None:
-    """Refuse ``output`` if it records a protocol that differs from ``key`` in a setting both name, or one trained
-    with the removed trainer overrides (:func:`refuse_removed_overrides`)."""
+    """Refuse ``output`` if it records a protocol that differs from ``key`` in a setting both name, one trained
+    with the removed trainer overrides (:func:`refuse_removed_overrides`), or one whose rows' trainer defaults have
+    changed since (:func:`refuse_changed_defaults`)."""
     refuse_removed_overrides(output)
+    refuse_changed_defaults(output)
     found = _recorded(output)
     if found is None:
         return

@@ -11,8 +11,6 @@ evaluation set, ...); a re-run with other budgets, rows, labeled counts or seeds
 with another protocol is refused with the differences named.
 """
 import argparse
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import time
 from typing import List
 
 from nnunet_mona.benchmark import preparation as prep
+from nnunet_mona.benchmark.chains import stage_trainer, stages
 from nnunet_mona.benchmark.evaluate import save_json
 from nnunet_mona.cli.arguments import argv_or_sys, command_parser, run_command
 from nnunet_mona.benchmark.presets import PRESETS, apply_preset
@@ -108,17 +107,11 @@ def _check_trainer_rows(rows: List[str], budgets: List[int], iterations: int) ->
     """Unknown trainers and warm-up fractions that do not fit a budget: errors before any training."""
     trainers = trainer_rows(rows)
     prep.check_trainers(trainers)
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    from nnunet_mona.trainers.supervised_warmup import supervised_warmup_epochs
-    for t in trainers:
-        with contextlib.redirect_stdout(io.StringIO()):
-            cls = recursive_find_trainer_class_by_name(t)
-        fraction = getattr(cls, "supervised_warmup_fraction", 0.0)
-        for b in budgets:
-            try:
-                supervised_warmup_epochs(b // iterations, fraction)
-            except ValueError as e:
-                raise BenchmarkError(f"{t} at budget {b} ({b // iterations} epochs): {e}") from None
+    for b in budgets:
+        try:
+            prep.check_warmups(trainers, b // iterations, stage_trainer, stages)
+        except BenchmarkError as e:
+            raise BenchmarkError(f"budget {b} ({b // iterations} epochs): {e}") from None
 
 
 def _check_splits(raw_folder: str, pattern: str, counts: List[int]) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 TRAINER_DISPLAY_NAMES = {
     "nnUNetTrainerBudget": "nnU-Net (labeled only)",
     "nnUNetTrainerMeanTeacher": "Mean Teacher",
+    "nnUNetTrainerMeanTeacher_randomStart": "Mean Teacher (no warm-up)",
     "nnUNetTrainerMeanTeacher_MSE": "Mean Teacher (MSE)",
     "nnUNetTrainerMONA": "MONA",
 }

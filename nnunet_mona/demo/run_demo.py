@@ -18,7 +18,9 @@ from nnunet_mona.demo.figure import make_comparison_figure
 from nnunet_mona.demo.pipeline import DatasetSettings, DemoSettings, TrainingSettings
 from nnunet_mona.cli.arguments import command_parser, run_command
 
-DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"]
+# Mean Teacher without the default's supervised warm-up: at the demo's 1000 iterations the warm-up leaves its
+# semi-supervised half too short (docs/results.md); the recipe measured over the demo's seeds
+DEFAULT_TRAINERS = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_randomStart"]
 SEMI_SUPERVISED = ("MeanTeacher", "MONA", "ACTION", "MixCL", "SemiSupervised")
 # The default scenario: labeled patients from one scanner, unlabeled and test patients from scanners up to
 # scanner_shift away (synthetic_dataset.seen_by_scanner), no rare lesion class (Mean Teacher loses on it; see

@@ -38,6 +38,8 @@ class nnUNetTrainerACTION(nnUNetTrainerMONA):
     """ACTION fine-tuning: 0.5 (Dice + CE) + unsup + 0.01 anatomical contrast with hard queries/negatives."""
 
     supervised_weight = 0.5  # base trainer: total = supervised_weight * sup + ...
+    # a fine-tuning stage: it starts from its pretraining stages' model (-pretrained_weights), not MONA's warm-up
+    supervised_warmup_fraction = 0.0
     use_nn = False
     use_equivariance = False
     # ---- anatomical contrast, ACTION code values (method_spec B.3)

@@ -8,9 +8,10 @@ cross-entropy does not: random unlabeled patches are mostly background. The labe
 the plans' full batch (nnU-Net's own supervised signal per step is unchanged); the unlabeled
 patches come on top (half the plans' batch).
 
-Start it from a plain nnU-Net model (``-pretrained_weights <plain fold>/checkpoint_final.pth``; the teacher starts
-as a copy of the loaded student): its pseudo-labels then carry anatomy from the first epoch instead of mostly
-background (docs/results.md).
+A supervised start makes the teacher's pseudo-labels carry anatomy from the first semi-supervised epoch instead of
+mostly background (docs/results.md). The default builds it into one training: the first half of the epochs is
+nnU-Net's supervised step alone (``supervised_warmup_fraction``). A chain does the same in two trainings:
+``nnUNetTrainerMeanTeacher_randomStart -pretrained_weights <plain fold>/checkpoint_final.pth``.
 
 ``nnUNetTrainerMeanTeacher_MSE`` is the original soft consistency (softmax MSE, no mixing, no
 Dice, half + half batch).
@@ -28,6 +29,11 @@ MEAN_TEACHER_MIX_MODES = MIX_MODES + ("copy_paste",)
 
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
+    """Mean Teacher with confident pseudo-labels (CE + Dice) on CutMix-ed strong views. By default the first half
+    of the epochs trains nnU-Net's supervised step alone (a supervised start for the teacher): the recipe that
+    scored best at the largest budget measured (docs/results.md); ``_randomStart`` is the variant without it."""
+    # the first half supervised, then Mean Teacher from a teacher copied from the student (trainers.supervised_warmup)
+    supervised_warmup_fraction = 0.5
     consistency: str = "masked_ce"  # or "mse"
     confidence_threshold: float = 0.9
     # student view: the loader's strong view, mixed with a partner ('cutmix' | 'cutout' | 'classmix' | 'none'),
@@ -107,12 +113,12 @@ class nnUNetTrainerMeanTeacher_classBalanced(nnUNetTrainerMeanTeacher):
 class nnUNetTrainerMeanTeacher_warmStart(nnUNetTrainerMeanTeacher):
     """Plain nnU-Net, then Mean Teacher from its weights, in one ``nnUNetv2_train``: the first half of the epochs is
     nnU-Net's supervised step alone, then the teacher is copied from the student and the poly LR starts again
-    (``supervised_warmup_fraction``). Give it twice plain nnU-Net's epochs: the Mean Teacher half needs to be long
-    enough on its own (docs/results.md)."""
+    (``supervised_warmup_fraction``). The default's recipe under a name that stays if the default changes."""
     supervised_warmup_fraction = 0.5
 
 
 class nnUNetTrainerMeanTeacher_randomStart(nnUNetTrainerMeanTeacher):
-    """Mean Teacher from random weights: every epoch semi-supervised, the teacher an EMA of the student from the
-    first step (no supervised warm-up). Named so that a result of this recipe keeps its name whatever the default."""
+    """Mean Teacher without a supervised warm-up: every epoch semi-supervised, the teacher an EMA of the student from
+    the first step. From random weights, or as the second training of a chain (``-pretrained_weights`` from a
+    supervised model, which already is the warm-up)."""
     supervised_warmup_fraction = 0.0

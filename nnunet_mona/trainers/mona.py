@@ -64,7 +64,11 @@ def resize_nearest(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
-    """MONA fine-tuning: unsup + 0.01 contrast + nn + eqv on top of nnU-Net's supervised loss."""
+    """MONA fine-tuning: unsup + 0.01 contrast + nn + eqv on top of nnU-Net's supervised loss. By default the first
+    half of the epochs trains nnU-Net's supervised step alone, as for Mean Teacher; ``_randomStart`` has no warm-up."""
+
+    # the first half supervised, then MONA from a teacher copied from the student (trainers.supervised_warmup)
+    supervised_warmup_fraction = 0.5
 
     checkpointed_modules = {"mona": "mona_state"}  # teacher head, class banks, nn queue: resumed with --c
 

@@ -43,7 +43,8 @@ class nnUNetTrainerMONA_classmix(nnUNetTrainerMONA):
 class nnUNetTrainerMONA_paperRecipe(nnUNetTrainerMONA):
     """The paper/code-faithful recipe, kept for ablations: ReCo-style
     image-weighted pseudo-label CE (threshold 0.97), a second photometric pass, B/2 + B/2 batch,
-    nn gradient into the network."""
+    nn gradient into the network, from random weights (no supervised warm-up)."""
+    supervised_warmup_fraction = 0.0
     unsup_mode = "image_weighted"
     unsup_threshold = 0.97
     extra_photometric = True
@@ -62,13 +63,14 @@ class nnUNetTrainerMONA_contrast01(nnUNetTrainerMONA):
 class nnUNetTrainerMONA_warmStart(nnUNetTrainerMONA):
     """Plain nnU-Net, then MONA from its weights, in one ``nnUNetv2_train``: the first half of the epochs is
     nnU-Net's supervised step alone, then the teacher is copied from the student, the poly LR starts again and
-    MONA's schedules (entropy split, ramp-up) count from the switch (``supervised_warmup_fraction``)."""
+    MONA's schedules (entropy split, ramp-up) count from the switch (``supervised_warmup_fraction``). The default's
+    recipe under a name that stays if the default changes."""
     supervised_warmup_fraction = 0.5
 
 
 class nnUNetTrainerMONA_randomStart(nnUNetTrainerMONA):
-    """MONA from random weights: every epoch semi-supervised (no supervised warm-up). Named so that a result of
-    this recipe keeps its name whatever the default."""
+    """MONA without a supervised warm-up: every epoch semi-supervised. From random weights, or as the second
+    training of a chain (``-pretrained_weights`` from a supervised model, which already is the warm-up)."""
     supervised_warmup_fraction = 0.0
 
 

@@ -4,8 +4,10 @@ preprocessed dataset folder, start its loaders, stop them).
 
     trainer = make_trainer("nnUNetTrainerMONA", "/path/nnUNet_preprocessed/Dataset988_X", fold="all")
     start_loaders(trainer)            # nnU-Net's loaders (+ the unlabeled one) and training mode
-    trainer.train_step(next(trainer.dataloader_train))
+    trainer.train_step(next(trainer.dataloader_train))   # epoch 0: a warm-started trainer's supervised step
     finish_loaders(trainer)
+
+``skip_supervised_warmup(trainer)`` makes the steps the method's own.
 """
 import copy
 import os
@@ -51,6 +53,12 @@ def make_trainer(trainer: Union[str, type], preprocessed_dataset_folder: str, co
                    device=device)
     instance.initialize()
     return instance
+
+
+def skip_supervised_warmup(trainer) -> None:
+    """Put a trainer with a supervised warm-up at its first semi-supervised epoch, so that ``train_step`` runs the
+    method's step (what an iteration benchmark must time); a trainer without one is left as it is."""
+    trainer.current_epoch = max(trainer.current_epoch, getattr(trainer, "supervised_warmup_epochs", 0))
 
 
 def start_loaders(trainer) -> None:

@@ -45,7 +45,7 @@ from nnunet_mona.trainers.epoch_diagnostics import EpochDiagnosticsMixin
 from nnunet_mona.trainers.random_streams import RandomStreamsMixin
 from nnunet_mona.trainers.removed_overrides import refuse_removed_overrides
 from nnunet_mona.trainers.semi_supervised_checkpoints import SemiSupervisedCheckpointsMixin
-from nnunet_mona.trainers.supervised_warmup import PhasedPolyLRScheduler, supervised_warmup_epochs
+from nnunet_mona.trainers.supervised_warmup import PhasedPolyLRScheduler, fitted_warmup_epochs
 from nnunet_mona.trainers.teacher_pipeline import TeacherPipelineMixin
 
 
@@ -184,7 +184,12 @@ class nnUNetTrainerSemiSupervised(RandomStreamsMixin, TeacherPipelineMixin, Epoc
             params += list(self.auxiliary_modules.parameters())
         optimizer = torch.optim.SGD(params, self.initial_lr, weight_decay=self.weight_decay,
                                     momentum=0.99, nesterov=True)
-        self.supervised_warmup_epochs = supervised_warmup_epochs(self.num_epochs, self.supervised_warmup_fraction)
+        self.supervised_warmup_epochs, shortened = fitted_warmup_epochs(self.num_epochs,
+                                                                         self.supervised_warmup_fraction)
+        if shortened:
+            self.print_to_log_file(f"Supervised warm-up: {self.supervised_warmup_fraction} of {self.num_epochs} "
+                                   f"epochs would leave no semi-supervised epoch; shortened to "
+                                   f"{self.supervised_warmup_epochs} epochs")
         if self.supervised_warmup_epochs == 0:
             return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
         self.print_to_log_file(f"Supervised warm-up: epochs 0-{self.supervised_warmup_epochs - 1} train nnU-Net's "

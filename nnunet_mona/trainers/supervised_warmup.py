@@ -9,22 +9,37 @@ is cleared and the learning rate starts its poly decay again over the remaining 
 that chain would. Everything is a function of the epoch number, so a resume is exact in either phase.
 """
 import math
+from typing import Tuple
 
 from torch.optim.lr_scheduler import _LRScheduler
 
 
 def supervised_warmup_epochs(num_epochs: int, fraction: float) -> int:
-    """Epochs of the supervised phase: ``round(fraction * num_epochs)``; at least one semi-supervised epoch stays.
-
-    A fraction outside [0, 1), or one that leaves no semi-supervised epoch, is an error that says what to set."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
-        raise ValueError(f"supervised_warmup_fraction must be a number in [0, 1) (the share of the epochs trained "
-                         f"supervised only before the semi-supervised phase), got {fraction!r}")
-    epochs = int(math.floor(fraction * num_epochs + 0.5))
+    """Epochs of the supervised phase: ``round(fraction * num_epochs)``, for a benchmark that must train the recipe
+    it names. A fraction outside [0, 1), or one that leaves no semi-supervised epoch, is an error that says what
+    to set."""
+    epochs = _rounded_warmup_epochs(num_epochs, fraction)
     if epochs >= num_epochs:
         raise ValueError(f"supervised_warmup_fraction {fraction} of {num_epochs} epochs leaves no semi-supervised "
                          f"epoch; lower it or train more epochs (nnUNet_mona_epochs)")
     return epochs
+
+
+def fitted_warmup_epochs(num_epochs: int, fraction: float) -> Tuple[int, bool]:
+    """What a training does: ``round(fraction * num_epochs)`` supervised epochs, shortened so that at least one
+    semi-supervised epoch stays (a 1-epoch smoke run of a warm-started trainer is semi-supervised throughout).
+    Returns (epochs, shortened). A fraction outside [0, 1) is an error."""
+    epochs = _rounded_warmup_epochs(num_epochs, fraction)
+    if epochs >= num_epochs:
+        return max(num_epochs - 1, 0), True
+    return epochs, False
+
+
+def _rounded_warmup_epochs(num_epochs: int, fraction: float) -> int:
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0.0 <= fraction < 1.0:
+        raise ValueError(f"supervised_warmup_fraction must be a number in [0, 1) (the share of the epochs trained "
+                         f"supervised only before the semi-supervised phase), got {fraction!r}")
+    return int(math.floor(fraction * num_epochs + 0.5))
 
 
 class PhasedPolyLRScheduler(_LRScheduler):

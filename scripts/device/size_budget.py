@@ -113,7 +113,8 @@ def plan(rows: Dict[str, dict], trainings: List[str], a) -> dict:
     train_s = (a.remaining_s - startup - a.post_s) * a.safety
     per_epoch_extra = 0.4 * a.val_iterations * w + a.epoch_overhead_s
     iterations = int(min(250, max(10, (train_s / a.target_epochs - per_epoch_extra) / w)))
-    epochs = max(1, int(train_s // (iterations * w + per_epoch_extra)))
+    # at least 2: the default Mean Teacher / MONA train their first half supervised and need a semi-supervised epoch
+    epochs = max(2, int(train_s // (iterations * w + per_epoch_extra)))
     predicted = startup + epochs * (iterations * w + per_epoch_extra) + a.post_s
     return {"trainings": p, "n_proc_DA": k, "workers_per_training": workers, "gpu_s_per_iteration": gpu,
             "da_limit_s_per_iteration": da, "s_per_iteration": w, "limited_by": "GPU" if gpu >= da else "augmentation",
