@@ -72,7 +72,7 @@ def _run(n, trainer, dice, epochs, per_epoch=50):
 def _stamp(**extra):
     return {"seeds": [0], "rows": ["plain", "self_training", "nnUNetTrainerMeanTeacher_warmStart", "ceiling"],
             "budgets": [1000], "labeled": [3], "ceiling_labeled": 70, "iterations_per_epoch": 50,
-            "dataset": "Dataset028_ACDC_SSL", "evaluation": "imagesTs / labelsTs", "benchmark_options": [],
+            "dataset_name": "Dataset028_ACDC_SSL", "evaluation": "imagesTs / labelsTs", "benchmark_options": [],
             "commands": [], **extra}
 
 

@@ -123,7 +123,7 @@ def _check_splits(raw_folder: str, pattern: str, counts: List[int]) -> None:
 
 def _stamp(args, view, dataset_name: str, budgets: List[int], rows: List[str]) -> dict:
     dataset_name = str(dataset_name)
-    return {"dataset_name": dataset_name, "dataset": dataset_name, "preset": args.preset,
+    return {"dataset_name": dataset_name, "preset": args.preset,
             "iterations_per_epoch": view.iterations, "batch_size": view.batch_size,
             "val_iterations": view.val_iterations, "disable_tta": bool(view.disable_tta),
             "fold": args.fold or 0, "configuration": args.c or "2d", "plans": args.p or "nnUNetPlans",

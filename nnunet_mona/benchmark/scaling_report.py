@@ -167,7 +167,7 @@ def markdown(report: dict) -> str:
     head = "| row | " + " | ".join(f"B = {b}" for b in budgets) + " |"
     rule = "|---|" + "---:|" * len(budgets)
     lines = ["# Budget scaling: mean Dice against total training iterations per row", "",
-             f"- dataset {p['dataset']}, {p['iterations_per_epoch']} iterations per epoch, seeds {p['seeds']}, "
+             f"- dataset {p['dataset_name']}, {p['iterations_per_epoch']} iterations per epoch, seeds {p['seeds']}, "
              f"evaluation: {p['evaluation']}; benchmark options: `{' '.join(p['benchmark_options'])}`",
              f"- budget B = total training iterations of a row (self-training: its two trainings together; a "
              f"supervised warm-up inside a training counts); a cell marked {FLAG} trained another total (see below) "
@@ -227,7 +227,7 @@ def figure(report: dict, path: str) -> None:
     ax.set_xlabel("total training iterations per row")
     ax.set_ylabel("mean Dice (%)")
     counts = sorted(int(n) for n in report["tables"])
-    ax.set_title(f"{p['dataset']}: {', '.join(map(str, counts))} labeled patient(s), ceiling "
+    ax.set_title(f"{p['dataset_name']}: {', '.join(map(str, counts))} labeled patient(s), ceiling "
                  f"{p['ceiling_labeled']} labeled")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_lines():
