@@ -69,7 +69,7 @@ def train_predict_score(trainer: str, results: str, predictions: str, extra_env:
 def scores(nnunet_dirs, tmp_path_factory):
     prepare(nnunet_dirs["raw"], **SCENARIO)
     root = tmp_path_factory.mktemp("gain")
-    runs = {"plain": ("nnUNetTrainerBudget", {}), "mean_teacher": ("nnUNetTrainerMeanTeacher_randomStart", {}),
+    runs = {"plain": ("nnUNetTrainerBudget", {}), "mean_teacher": ("nnUNetTrainerMeanTeacher", {}),
             "unsupervised_off": ("nnUNetTrainerMeanTeacher_noUnsup", {})}
     # the three runs at once: each is mostly single-threaded Python (in-process augmentation of tiny patches), so on
     # 2 cores this about halves the wall time; each run is seeded and deterministic on its own
