@@ -233,7 +233,8 @@ def run(args, argv: List[str]) -> int:
         if code != 0:
             failed.append(f"budget folder {call.folder_budget}: {list(call.trainers)} on N = {list(call.labeled)}")
             say(f"[scaling {i}/{len(calls)}] the benchmark call failed (exit {code}); going on with the others")
-    write_report(output, stamp)
+    # the folder's stamp as it is now: another scaling call into this folder may have added budgets or rows meanwhile
+    write_report(output, merge_stamp(output, stamp))
     say(f"scaling table: {os.path.join(output, 'scaling.md')} (and scaling.json, scaling.png); "
         f"{round(time.time() - start)} s")
     if failed:
