@@ -427,16 +427,16 @@ def test_rows_that_would_not_train_the_recipe_their_name_says_are_refused_before
     it), and a warm-started chain stage (it starts from the previous stage's model): clear errors naming the
     variant without warm-up. The same rows without warm-up pass."""
     from nnunet_mona.benchmark import preparation as prep
-    from nnunet_mona.benchmark.chains import check_specs, stage_trainer, stages
+    from nnunet_mona.benchmark.chains import check_specs
     ok = ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher", "SelfTraining+nnUNetTrainerMONA_randomStart",
           "nnUNetTrainerBudget+nnUNetTrainerMeanTeacher_randomStart"]
     prep.check_trainers(check_specs(ok))
-    prep.check_warmups(ok, 2, stage_trainer, stages)
+    prep.check_warmups(ok, 2)
     with pytest.raises(BenchmarkError, match=r"nnUNetTrainerMeanTeacher with --epochs 1: .*leaves no "
                                              r"semi-supervised epoch.*nnUNetTrainerMeanTeacher_randomStart"):
-        prep.check_warmups(ok, 1, stage_trainer, stages)
-    prep.check_warmups(["nnUNetTrainerMeanTeacher_randomStart"], 1, stage_trainer, stages)
+        prep.check_warmups(ok, 1)
+    prep.check_warmups(["nnUNetTrainerMeanTeacher_randomStart"], 1)
     for chain in ("nnUNetTrainerBudget+nnUNetTrainerMeanTeacher", "SelfTraining+nnUNetTrainerMONA"):
         prep.check_trainers(check_specs([chain]))
         with pytest.raises(BenchmarkError, match=r"starts from the previous stage's model.*_randomStart"):
-            prep.check_warmups([chain], 20, stage_trainer, stages)
+            prep.check_warmups([chain], 20)

@@ -10,6 +10,7 @@ import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from nnunet_mona.benchmark.chains import stage_trainer, stages
 from nnunet_mona.benchmark.layout import Layout
 from nnunet_mona.benchmark.processes import BenchmarkError, command_path, run_logged, say
 
@@ -88,24 +89,21 @@ def check_trainers(trainers: Sequence[str]) -> Dict[str, str]:
 _NO_WARMUP_HINT = "nnUNetTrainerMeanTeacher_randomStart, nnUNetTrainerMONA_randomStart"
 
 
-def warmup_fractions(trainers: Sequence[str]) -> Dict[str, float]:
-    """{trainer: supervised_warmup_fraction} (0 for trainers without one); call after :func:`check_trainers`."""
+def _trainer_class(name: str) -> type:
+    """nnU-Net's trainer lookup without its console output; call after :func:`check_trainers`."""
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    fractions = {}
-    for t in trainers:
-        with contextlib.redirect_stdout(io.StringIO()):
-            cls = recursive_find_trainer_class_by_name(t)
-        fractions[t] = getattr(cls, "supervised_warmup_fraction", 0.0)
-    return fractions
+    with contextlib.redirect_stdout(io.StringIO()):
+        return recursive_find_trainer_class_by_name(name)
 
 
-def check_warmups(specs: Sequence[str], epochs: int, stage_trainer, stages) -> None:
+def check_warmups(specs: Sequence[str], epochs: int) -> None:
     """Refuse a row that would not train the recipe its name says: a trainer whose supervised warm-up leaves
     ``epochs`` no semi-supervised epoch (the training would shorten it), and a chain stage after the first with a
     warm-up (it starts from the previous stage's model, which already is the supervised start). Call after
     :func:`check_trainers`."""
     from nnunet_mona.trainers.supervised_warmup import supervised_warmup_epochs
-    fractions = warmup_fractions(sorted({stage_trainer(s) for spec in specs for s in stages(spec)}))
+    fractions = {t: getattr(_trainer_class(t), "supervised_warmup_fraction", 0.0)
+                 for t in sorted({stage_trainer(s) for spec in specs for s in stages(spec)})}
     for trainer, fraction in fractions.items():
         try:
             supervised_warmup_epochs(epochs, fraction)
@@ -125,14 +123,7 @@ def check_warmups(specs: Sequence[str], epochs: int, stage_trainer, stages) -> N
 def teacher_trainers(trainers: Sequence[str]) -> List[str]:
     """The trainers among ``trainers`` that write ``checkpoint_final_teacher.pth`` (the semi-supervised trainers'
     ``export_teacher_checkpoint``); call after :func:`check_trainers`."""
-    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
-    found = []
-    for t in trainers:
-        with contextlib.redirect_stdout(io.StringIO()):
-            cls = recursive_find_trainer_class_by_name(t)
-        if getattr(cls, "export_teacher_checkpoint", False):
-            found.append(t)
-    return found
+    return [t for t in trainers if getattr(_trainer_class(t), "export_teacher_checkpoint", False)]
 
 
 def evaluation_cases(raw_folder: str, images: str, labels: str, file_ending: str) -> Tuple[str, str, List[str]]:

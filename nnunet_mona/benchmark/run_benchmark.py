@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Sequence
 from nnunet_mona.benchmark import preparation as prep
 from nnunet_mona.cli.arguments import command_parser, run_command
 from nnunet_mona.benchmark.evaluate import PROTOCOLS, evaluate_folders, save_json
-from nnunet_mona.benchmark.chains import check_specs, is_chain, row_name, stage_trainer, stages
+from nnunet_mona.benchmark.chains import check_specs, is_chain, row_name, stage_trainer
 from nnunet_mona.benchmark.earlier_rows import keep_earlier_rows
 from nnunet_mona.benchmark.layout import Layout, RunPaths
 from nnunet_mona.benchmark.plans_copy import (batch_plans_name, check_batch_size, install_batch_plans,
@@ -436,7 +436,7 @@ def run(args) -> int:
                                  args.split_seed, args.patient_regex, case_ids, eval_cases) for n in args.labeled}
     # every stage of every chain; imports every nnU-Net trainer: after the cheap checks
     trainer_modules = prep.check_trainers(check_specs(args.trainers))
-    prep.check_warmups(args.trainers, args.epochs, stage_trainer, stages)
+    prep.check_warmups(args.trainers, args.epochs)
     finals = [layout.run_paths(1, spec).final for spec in args.trainers if spec != SELF_TRAINING]
     teachers = prep.teacher_trainers(finals) if args.checkpoint == "teacher" else []
     shared_folder = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)

@@ -18,7 +18,6 @@ import time
 from typing import List
 
 from nnunet_mona.benchmark import preparation as prep
-from nnunet_mona.benchmark.chains import stage_trainer, stages
 from nnunet_mona.benchmark.evaluate import save_json
 from nnunet_mona.cli.arguments import argv_or_sys, command_parser, run_command
 from nnunet_mona.benchmark.presets import PRESETS, apply_preset
@@ -109,7 +108,7 @@ def _check_trainer_rows(rows: List[str], budgets: List[int], iterations: int) ->
     prep.check_trainers(trainers)
     for b in budgets:
         try:
-            prep.check_warmups(trainers, b // iterations, stage_trainer, stages)
+            prep.check_warmups(trainers, b // iterations)
         except BenchmarkError as e:
             raise BenchmarkError(f"budget {b} ({b // iterations} epochs): {e}") from None
 
