@@ -38,6 +38,8 @@ setup(
             "nnUNetv2_mona_evaluate = nnunet_mona.benchmark.evaluate:entry_point",
             "nnUNetv2_mona_pseudo_label = nnunet_mona.cli.pseudo_label_command:entry_point",
             "nnUNetv2_mona_check_folds = nnunet_mona.cli.check_folds:entry_point",
+            "nnUNetv2_mona_gradient_shares = nnunet_mona.diagnostics.gradient_shares:entry_point",
+            "nnUNetv2_mona_class_separation = nnunet_mona.diagnostics.separation_command:entry_point",
         ]
     },
 )
