@@ -9,9 +9,7 @@ fill as in training, so a term that needs them is measured as it was trained.
     nnUNetv2_mona_gradient_shares OUTPUT/labeled_3/nnUNet_results/Dataset.../nnUNetTrainerMONA__nnUNetPlans__2d/fold_0/checkpoint_final.pth \
         --preprocessed OUTPUT/labeled_3/nnUNet_preprocessed --steps 20
 """
-import argparse
 import copy
-import json
 import os
 import tempfile
 from typing import Dict, List, Optional
@@ -19,6 +17,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
+from nnunet_mona.diagnostics.command_line import checkpoint_parser, parse_checkpoint_arguments, report_checkpoints
 from nnunet_mona.modules.ema_teacher import EMATeacher
 from nnunet_mona.trainers.ready_trainer import finish_loaders, start_loaders
 
@@ -93,31 +92,15 @@ def markdown_table(reports: List[dict]) -> str:
 
 
 def entry_point(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_gradient_shares",
-        description="Decoder-gradient norm of each weighted loss term relative to nnU-Net's supervised loss, for "
-                    "trained semi-supervised checkpoints (weights unchanged; learning rate 0 while measuring).")
-    parser.add_argument("checkpoints", nargs="+", help="training checkpoints (checkpoint_final.pth / _latest.pth)")
-    parser.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
-                        help="nnUNet_preprocessed folder the models were trained from (default: $nnUNet_preprocessed;"
-                             " for a benchmark output OUTPUT/labeled_N/nnUNet_preprocessed)")
+    parser = checkpoint_parser("nnUNetv2_mona_gradient_shares",
+                               "Decoder-gradient norm of each weighted loss term relative to nnU-Net's supervised "
+                               "loss, for trained semi-supervised checkpoints (weights unchanged; learning rate 0 "
+                               "while measuring).")
     parser.add_argument("--steps", type=int, default=20, help="training steps to average over (default 20)")
     parser.add_argument("--num_epochs", type=int, help="the training's epoch count, for a checkpoint taken before the "
                                                        "end (default: the epochs the checkpoint has trained)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-o", "--output", help="also write the reports to this JSON file")
-    args = parser.parse_args(argv)
-    if not args.preprocessed:
-        parser.error("--preprocessed is required when nnUNet_preprocessed is not set")
+    args = parse_checkpoint_arguments(parser, argv)
     if args.steps < 1:
         parser.error(f"--steps must be at least 1 (got {args.steps})")
-    reports = []
-    for path in args.checkpoints:
-        print(f"[gradient shares] {path}: {args.steps} steps", flush=True)
-        reports.append(gradient_shares_of_checkpoint(path, args.preprocessed, args.steps, args.seed,
-                                                    args.num_epochs))
-    print(markdown_table(reports))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(reports, f, indent=1)
-        print(f"written: {args.output}")
+    report_checkpoints(args, "gradient shares", lambda path: gradient_shares_of_checkpoint(
+        path, args.preprocessed, args.steps, args.seed, args.num_epochs), markdown_table)

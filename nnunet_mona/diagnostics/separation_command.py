@@ -9,8 +9,6 @@ sampled per volume by the reference label at that resolution.
     nnUNetv2_mona_class_separation CHECKPOINT [CHECKPOINT ...] --images imagesTs --labels labelsTs \
         --preprocessed OUTPUT/labeled_3/nnUNet_preprocessed
 """
-import argparse
-import json
 import os
 import tempfile
 from typing import Dict, List, Tuple
@@ -20,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_mona.diagnostics.class_separation import class_separation, sample_pixels_per_class
+from nnunet_mona.diagnostics.command_line import checkpoint_parser, parse_checkpoint_arguments, report_checkpoints
 from nnunet_mona.modules.ema_teacher import unwrap_network
 from nnunet_mona.modules.feature_hooks import DecoderFeatureCollector, decoder_level_strides
 
@@ -135,34 +134,19 @@ def markdown_table(reports: List[dict]) -> str:
 
 
 def entry_point(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="nnUNetv2_mona_class_separation",
-        description="Class separation of trained models' features (decoder map; MONA's embedding too) on labeled "
-                    "volumes: cosine margin and nearest-centroid accuracy.")
-    parser.add_argument("checkpoints", nargs="+", help="training checkpoints (checkpoint_final.pth / _latest.pth)")
+    parser = checkpoint_parser("nnUNetv2_mona_class_separation",
+                               "Class separation of trained models' features (decoder map; MONA's embedding too) on "
+                               "labeled volumes: cosine margin and nearest-centroid accuracy.")
     parser.add_argument("--images", required=True, help="image folder (nnU-Net raw naming, CASE_0000.nii.gz)")
     parser.add_argument("--labels", required=True, help="reference label folder (CASE.nii.gz)")
-    parser.add_argument("--preprocessed", default=os.environ.get("nnUNet_preprocessed"),
-                        help="nnUNet_preprocessed folder the models were trained from (default: $nnUNet_preprocessed)")
     parser.add_argument("--stride", type=int, default=4, help="decoder map to read, by its stride (default 4: the "
                                                               "resolution of MONA's representation)")
     parser.add_argument("--pixels_per_class", type=int, default=200, help="pixels sampled per class and volume")
     parser.add_argument("--file_ending", default=".nii.gz")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("-o", "--output", help="also write the reports to this JSON file")
-    args = parser.parse_args(argv)
-    if not args.preprocessed:
-        parser.error("--preprocessed is required when nnUNet_preprocessed is not set")
+    args = parse_checkpoint_arguments(parser, argv)
     if args.pixels_per_class < 2:
         parser.error(f"--pixels_per_class must be at least 2 (got {args.pixels_per_class})")
     cases = labeled_cases(args.images, args.labels, args.file_ending)
-    reports = []
-    for path in args.checkpoints:
-        print(f"[class separation] {path}: {len(cases)} volumes", flush=True)
-        reports.append(separation_of_checkpoint(path, args.preprocessed, cases, args.stride, args.pixels_per_class,
-                                                args.seed))
-    print(markdown_table(reports))
-    if args.output:
-        with open(args.output, "w") as f:
-            json.dump(reports, f, indent=1)
-        print(f"written: {args.output}")
+    print(f"{len(cases)} labeled volumes from {args.labels}")
+    report_checkpoints(args, "class separation", lambda path: separation_of_checkpoint(
+        path, args.preprocessed, cases, args.stride, args.pixels_per_class, args.seed), markdown_table)
