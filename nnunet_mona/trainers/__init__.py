@@ -21,6 +21,7 @@ from nnunet_mona.trainers.semi_supervised_base import nnUNetTrainerSemiSupervise
 from nnunet_mona.trainers.mona import nnUNetTrainerMONA
 from nnunet_mona.trainers.mona_variants import (nnUNetTrainerMONA_antithetic, nnUNetTrainerMONA_classmix,
                                                nnUNetTrainerMONA_contrast01,
+                                               nnUNetTrainerMONA_contrast01_noEquivariance,
                                                nnUNetTrainerMONA_cutout, nnUNetTrainerMONA_fp32,
                                                nnUNetTrainerMONA_noContrast,
                                                nnUNetTrainerMONA_noEquivariance, nnUNetTrainerMONA_noNN,
@@ -47,7 +48,8 @@ __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerM
            "nnUNetTrainerMONA_noContrast",
            "nnUNetTrainerMONA_noNN", "nnUNetTrainerMONA_noEquivariance", "nnUNetTrainerMONA_stratified",
            "nnUNetTrainerMONA_antithetic", "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",
-           "nnUNetTrainerMONA_paperRecipe", "nnUNetTrainerMONA_contrast01", "nnUNetTrainerMONA_fp32",
+           "nnUNetTrainerMONA_paperRecipe", "nnUNetTrainerMONA_contrast01",
+           "nnUNetTrainerMONA_contrast01_noEquivariance", "nnUNetTrainerMONA_fp32",
            "nnUNetTrainerMixCLPretrain",
            "nnUNetTrainerMONAPretrain", "nnUNetTrainerACTIONPretrainEncoder", "nnUNetTrainerACTIONPretrain",
            "nnUNetTrainerACTION", "nnUNetTrainerACTION_noHardNegatives", "nnUNetTrainerACTION_noHardQueries",

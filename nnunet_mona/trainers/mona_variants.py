@@ -60,6 +60,15 @@ class nnUNetTrainerMONA_contrast01(nnUNetTrainerMONA):
     loss_weights = {**nnUNetTrainerMONA.loss_weights, "contrast": 0.1}
 
 
+class nnUNetTrainerMONA_contrast01_noEquivariance(nnUNetTrainerMONA_contrast01):
+    """Contrast weight 0.1 and no equivariance term. At the default weights the contrast's gradient on the decoder is
+    about a hundredth of the supervised loss's while the equivariance KL's exceeds it
+    (``nnUNetv2_mona_gradient_shares``): this variant gives the anatomical contrast a real share and drops the term
+    that dominates."""
+    use_equivariance = False
+    loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "confident_fraction")
+
+
 class nnUNetTrainerMONA_warmStart(nnUNetTrainerMONA):
     """Plain nnU-Net, then MONA from its weights, in one ``nnUNetv2_train``: the first half of the epochs is
     nnU-Net's supervised step alone, then the teacher is copied from the student, the poly LR starts again and
