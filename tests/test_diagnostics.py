@@ -14,7 +14,7 @@ from nnunet_mona.diagnostics.class_separation import (class_separation, cosine_m
                                                       sample_pixels_per_class)
 
 BIN = os.path.dirname(sys.executable)
-TRAINER = "nnUNetTrainerMONA"  # the default recipe: epoch 0 supervised, epoch 1 MONA
+TRAINER = "nnUNetTrainerMONA_equivariance"  # the default's warm-up (epoch 0 supervised, epoch 1 MONA), every term
 
 
 # ---------------------------------------------------------------- the measure
@@ -137,14 +137,14 @@ def test_commands_write_their_reports(trained, tmp_path):
     shares_file, separation_file = tmp_path / "shares.json", tmp_path / "separation.json"
     out = run_cmd([os.path.join(BIN, "nnUNetv2_mona_gradient_shares"), trained["checkpoint"], "--preprocessed",
                    ds["preprocessed"], "--steps", "1", "-o", str(shares_file)])
-    assert "| nnUNetTrainerMONA | 2 |" in out
+    assert f"| {TRAINER} | 2 |" in out
     report = json.loads(shares_file.read_text())[0]
     assert report["steps"] == 1 and set(report["shares"]) >= {"|sup|", "contrast", "nn", "eqv", "unsup"}
     out = run_cmd([os.path.join(BIN, "nnUNetv2_mona_class_separation"), trained["checkpoint"],
                    "--images", os.path.join(ds["raw"], ds["name"], "imagesTs"),
                    "--labels", os.path.join(ds["raw"], ds["name"], "labelsTs"),
                    "--preprocessed", ds["preprocessed"], "--pixels_per_class", "20", "-o", str(separation_file)])
-    assert "| nnUNetTrainerMONA | embedding |" in out
+    assert f"| {TRAINER} | embedding |" in out
     separation = json.loads(separation_file.read_text())[0]["separation"]
     assert set(separation) == {"decoder", "embedding"}
     for measures in separation.values():

@@ -37,8 +37,9 @@ def test_zero_reference_gives_nan_not_a_crash():
 def test_mona_logs_the_norms_once_per_epoch_and_nn_never_reaches_the_decoder(hidden_label_dataset, monkeypatch):
     from nnunet_mona.trainers.ready_trainer import make_trainer, start_loaders
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    trainer = make_trainer("nnUNetTrainerMONA_randomStart", hidden_label_dataset["pre"], fold=2, seed=0,
+    trainer = make_trainer("nnUNetTrainerMONA_equivariance", hidden_label_dataset["pre"], fold=2, seed=0,
                            class_overrides={"log_gradient_norms": True, "unsup_threshold": 0.0,
+                                            "supervised_warmup_fraction": 0.0,
                                             "contrast_positive_threshold": 0.0})
     trainer.unsupervised_rampup_fraction = 0  # full weights from the first step
     trainer.mona_state["nn_queue"].enqueue(torch.randn(10, trainer.head_out_channels))

@@ -21,8 +21,11 @@ from nnunet_mona.modules.feature_hooks import (DecoderFeatureCollector, decoder_
                                                decoder_level_strides)
 
 BIN = os.path.dirname(sys.executable)
-TRAINER = "nnUNetTrainerMONA_randomStart"
-MONA_TERMS = ("unsup", "unsup_dice", "contrast", "nn", "eqv", "confident_fraction")
+TRAINER = "nnUNetTrainerMONA_randomStart"  # end to end: the default's terms, MONA from the first epoch
+MONA_TERMS = ("unsup", "unsup_dice", "contrast", "nn", "confident_fraction")
+# unit checks: every term, the equivariance one included, from the first step
+UNIT_TRAINER = "nnUNetTrainerMONA_equivariance"
+ALL_TERMS = MONA_TERMS + ("eqv",)
 
 
 def _tiny_unet():
@@ -56,9 +59,10 @@ def test_feature_hooks_shapes_and_gating():
 
 
 # ---------------------------------------------------------------- trainer fixtures (dataset: conftest, fold 0)
-def _make_trainer(pre, name=TRAINER, configuration="2d", plans=None):
+def _make_trainer(pre, name=UNIT_TRAINER, configuration="2d", plans=None):
     from nnunet_mona.trainers.ready_trainer import make_trainer
-    return make_trainer(name, pre, configuration=configuration, plans=plans)
+    return make_trainer(name, pre, configuration=configuration, plans=plans,
+                        class_overrides={"supervised_warmup_fraction": 0.0})
 
 
 def _fake_step(trainer, seed=0):
@@ -95,7 +99,7 @@ def unit_trainer(hidden_label_dataset):
 def test_each_term_trains_student_and_head_only(unit_trainer):
     tr = unit_trainer
     terms = _fake_step(tr)
-    assert set(terms) == set(MONA_TERMS)
+    assert set(terms) == set(ALL_TERMS)
     assert not terms["confident_fraction"].requires_grad
     student = list(tr.network.parameters())
     head = list(tr.auxiliary_modules.parameters())
@@ -181,6 +185,22 @@ def test_variants_compute_their_terms(hidden_label_dataset, name):
     terms = _fake_step(trainer)
     assert set(terms) == set(trainer.loss_term_names)
     assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_default_computes_no_equivariance_term_and_warps_nothing(hidden_label_dataset):
+    """The default MONA has no equivariance term (docs/results.md: it cost Dice at the largest budget): no
+    warped copies reach the student, no eqv term is computed; the _equivariance variant has both."""
+    torch.manual_seed(0)
+    default = _make_trainer(hidden_label_dataset["pre"], "nnUNetTrainerMONA")
+    default.contrast_positive_threshold = 0.0
+    terms = _fake_step(default)
+    assert set(terms) == set(MONA_TERMS)
+    weak = torch.randn(4, 1, 64, 64)
+    unlabeled = {"data_weak": weak, "data_strong": weak + 0.1, "valid_mask": torch.ones(4, 1, 64, 64, dtype=torch.bool)}
+    for trainer, warped in ((default, 0), (_make_trainer(hidden_label_dataset["pre"]), 2)):
+        teacher_out = super(type(trainer), trainer).teacher_predict(weak)
+        student_input = trainer.make_student_unlabeled_input(unlabeled, teacher_out)
+        assert student_input.get("num_warped", 0) == warped and student_input["image"].shape[0] == 4 + warped
 
 
 def test_3d_configuration_is_refused(hidden_label_dataset):

@@ -18,7 +18,7 @@ STEPS = 30
 WINDOW = 6
 REQUIRED_DROP = 0.2  # relative drop of the last window's mean vs the first's
 TERMS = {"nnUNetTrainerMeanTeacher_randomStart": ("unsup", "unsup_dice"),
-         "nnUNetTrainerMONA_randomStart": ("unsup", "unsup_dice", "eqv")}
+         "nnUNetTrainerMONA_equivariance": ("unsup", "unsup_dice", "eqv")}
 MONA_REPRESENTATION_TERMS = ("contrast", "nn")
 # MONA's representation terms are checked with weight 1 each: at the default contrast weight 0.01 the term's own
 # gradient is too small to move it in 30 steps (and the nn term's targets, the drifting teacher's neighbours,
@@ -29,7 +29,7 @@ REPRESENTATION_WEIGHTS = {"contrast": 1.0, "nn": 1.0}
 def _train_on_fixed_data(pre, name, loss_weights=None):
     torch.manual_seed(0)
     np.random.seed(0)
-    trainer = make_trainer(name, pre)
+    trainer = make_trainer(name, pre, class_overrides={"supervised_warmup_fraction": 0.0})  # MONA's step from step 1
     trainer.loss_weights = {**trainer.loss_weights, **(loss_weights or {})}
     # a random teacher is never confident: open the thresholds so every term is non-trivial from step 1
     for attr in ("confidence_threshold", "unsup_threshold", "contrast_positive_threshold",
@@ -92,7 +92,7 @@ def test_each_unsupervised_term_decreases(fixed_data_runs, name):
 def test_mona_representation_terms_decrease(fixed_data_runs):
     """At weight 1 the contrast and nearest-neighbour terms fall by their own gradients (see
     REPRESENTATION_WEIGHTS for why not at the default weights)."""
-    steps = fixed_data_runs[("nnUNetTrainerMONA_randomStart", tuple(sorted(REPRESENTATION_WEIGHTS.items())))]
+    steps = fixed_data_runs[("nnUNetTrainerMONA_equivariance", tuple(sorted(REPRESENTATION_WEIGHTS.items())))]
     report = first_and_last(steps, MONA_REPRESENTATION_TERMS)
     print(f"\nMONA representation terms at weight 1 (first, last): {report}")
     assert all(s["skipped_steps"] == 0 and np.isfinite(s["loss"]) for s in steps)

@@ -5,19 +5,27 @@ from nnunet_mona.trainers.mona import nnUNetTrainerMONA
 class nnUNetTrainerMONA_noContrast(nnUNetTrainerMONA):
     """Without the anatomical contrastive loss."""
     use_contrast = False
-    loss_term_names = ("unsup", "unsup_dice", "nn", "eqv", "confident_fraction")
+    loss_term_names = ("unsup", "unsup_dice", "nn", "confident_fraction")
 
 
 class nnUNetTrainerMONA_noNN(nnUNetTrainerMONA):
     """Without the nearest-neighbour loss."""
     use_nn = False
-    loss_term_names = ("unsup", "unsup_dice", "contrast", "eqv", "confident_fraction")
+    loss_term_names = ("unsup", "unsup_dice", "contrast", "confident_fraction")
 
 
 class nnUNetTrainerMONA_noEquivariance(nnUNetTrainerMONA):
-    """Without the TPS equivariance loss (and without the warped student forward)."""
+    """Without the TPS equivariance loss (and without the warped student forward): the default's terms, under a
+    name that stays if the default changes."""
     use_equivariance = False
     loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "confident_fraction")
+
+
+class nnUNetTrainerMONA_equivariance(nnUNetTrainerMONA):
+    """With MONA's TPS equivariance loss (weight 0.1): the student's prediction of a warped copy of half the
+    unlabeled batch must match the warped prediction of the original on the teacher-confident pixels."""
+    use_equivariance = True
+    loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "eqv", "confident_fraction")
 
 
 class nnUNetTrainerMONA_stratified(nnUNetTrainerMONA):
@@ -51,6 +59,7 @@ class nnUNetTrainerMONA_paperRecipe(nnUNetTrainerMONA):
     labeled_batch_fraction = 0.5
     unlabeled_batch_fraction = 0.5
     nn_gradient_to_network = True
+    use_equivariance = True
     loss_weights = {"unsup": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 1.0}
     loss_term_names = ("unsup", "contrast", "nn", "eqv", "confident_fraction")
 
@@ -61,10 +70,9 @@ class nnUNetTrainerMONA_contrast01(nnUNetTrainerMONA):
 
 
 class nnUNetTrainerMONA_contrast01_noEquivariance(nnUNetTrainerMONA_contrast01):
-    """Contrast weight 0.1 and no equivariance term. At the default weights the contrast's gradient on the decoder is
-    about a hundredth of the supervised loss's while the equivariance KL's exceeds it
-    (``nnUNetv2_mona_gradient_shares``): this variant gives the anatomical contrast a real share and drops the term
-    that dominates."""
+    """Contrast weight 0.1 and no equivariance term (as the default, which has none): at weight 0.01 the contrast's
+    gradient on the decoder is about a hundredth of the supervised loss's (``nnUNetv2_mona_gradient_shares``); this
+    variant gives it a real share."""
     use_equivariance = False
     loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "confident_fraction")
 

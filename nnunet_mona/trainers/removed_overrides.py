@@ -44,8 +44,6 @@ OVERRIDE_VARIANTS: Tuple[Tuple[str, str, dict, str], ...] = (
     (_MONA, _S, {"mixed_precision": False}, "nnUNetTrainerMONA_fp32"),
     (_MONA, _W, {"contrast": 0.1}, "nnUNetTrainerMONA_contrast01"),
     (_MONA, _W, {"contrast": 0.01}, _MONA),
-    (_MONA, _W, {"eqv": 0.1}, _MONA),
-    (_MONA, _W, {"unsup": 1.0, "unsup_dice": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 0.1}, _MONA),
     (_ACTION, _S, {"log_gradient_norms": True}, "nnUNetTrainerACTION_logGradientNorms"),
 )
 
