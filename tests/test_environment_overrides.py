@@ -119,6 +119,26 @@ def test_an_unknown_value_gets_a_subclass_that_nnunet_finds(tmp_path, monkeypatc
     _clear(monkeypatch)
 
 
+def test_a_weight_for_a_term_that_is_off_switches_it_on(tmp_path, monkeypatch):
+    """A weight for MONA's equivariance term, which the default has off, gets a subclass that turns it on (a
+    weight alone would train nothing different)."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunet_mona.cli import ext_trainer_env_value
+    _clear(monkeypatch)
+    monkeypatch.setenv(LOSS_WEIGHTS_VARIABLE, '{"eqv": 0.5, "contrast": 0.1}')
+    with pytest.raises(RemovedOverrideError) as info:
+        refuse_removed_overrides("nnUNetTrainerMONA")
+    assert "use_equivariance = True" in str(info.value) and "use_contrast" not in str(info.value)
+    folder = tmp_path / "nnunet_trainers"
+    folder.mkdir()
+    (folder / "my_variants.py").write_text(subclass_code("nnUNetTrainerMONA", set_overrides()) + "\n")
+    monkeypatch.setenv("nnUNet_extTrainer", ext_trainer_env_value(str(folder)))
+    cls = recursive_find_trainer_class_by_name("nnUNetTrainerMONA_mySetting")
+    assert cls.use_equivariance is True and cls.loss_weights["eqv"] == 0.5 and cls.loss_weights["contrast"] == 0.1
+    assert "eqv" in cls.__new__(cls).loss_term_names
+    _clear(monkeypatch)
+
+
 def _scalar_attributes(cls) -> dict:
     found = {}
     for klass in reversed(cls.__mro__):

@@ -176,9 +176,11 @@ def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_traine
     assert torch.allclose(student_input["image"][4:], expected)
 
 
-@pytest.mark.parametrize("name", ["nnUNetTrainerMONA_noContrast", "nnUNetTrainerMONA_noEquivariance",
+@pytest.mark.parametrize("name", ["nnUNetTrainerMONA", "nnUNetTrainerMONA_noContrast", "nnUNetTrainerMONA_noNN",
+                                  "nnUNetTrainerMONA_equivariance", "nnUNetTrainerMONA_paperRecipe",
                                   "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix"])
 def test_variants_compute_their_terms(hidden_label_dataset, name):
+    """Each variant computes exactly the terms it logs (loss_term_names follows its switches)."""
     torch.manual_seed(0)
     trainer = _make_trainer(hidden_label_dataset["pre"], name)
     trainer.contrast_positive_threshold = 0.0

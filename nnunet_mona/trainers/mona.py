@@ -141,8 +141,15 @@ class nnUNetTrainerMONA(nnUNetTrainerSemiSupervised):
     # eqv 0.1, not the official code's 1 (a departure): at weight 1 the equivariance KL pulls the decoder harder
     # than the supervised loss, which then stalls (nnUNetTrainerMONA_paperRecipe keeps 1)
     loss_weights = {"unsup": 1.0, "unsup_dice": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 0.1}
-    loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "confident_fraction")
     diagnostic_names = ("confident_fraction",)
+
+    @property
+    def loss_term_names(self) -> tuple:
+        """The terms this configuration computes, from its switches (a variant never lists them by hand)."""
+        names = ["unsup"] + (["unsup_dice"] if self.unsup_mode == "masked" else [])
+        names += [name for name, on in (("contrast", self.use_contrast), ("nn", self.use_nn),
+                                        ("eqv", self.use_equivariance)) if on]
+        return tuple(names) + ("confident_fraction",)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

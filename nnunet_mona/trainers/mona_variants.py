@@ -5,27 +5,23 @@ from nnunet_mona.trainers.mona import nnUNetTrainerMONA
 class nnUNetTrainerMONA_noContrast(nnUNetTrainerMONA):
     """Without the anatomical contrastive loss."""
     use_contrast = False
-    loss_term_names = ("unsup", "unsup_dice", "nn", "confident_fraction")
 
 
 class nnUNetTrainerMONA_noNN(nnUNetTrainerMONA):
     """Without the nearest-neighbour loss."""
     use_nn = False
-    loss_term_names = ("unsup", "unsup_dice", "contrast", "confident_fraction")
 
 
 class nnUNetTrainerMONA_noEquivariance(nnUNetTrainerMONA):
     """Without the TPS equivariance loss (and without the warped student forward): the default's terms, under a
     name that stays if the default changes."""
     use_equivariance = False
-    loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "confident_fraction")
 
 
 class nnUNetTrainerMONA_equivariance(nnUNetTrainerMONA):
     """With MONA's TPS equivariance loss (weight 0.1): the student's prediction of a warped copy of half the
     unlabeled batch must match the warped prediction of the original on the teacher-confident pixels."""
     use_equivariance = True
-    loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "eqv", "confident_fraction")
 
 
 class nnUNetTrainerMONA_stratified(nnUNetTrainerMONA):
@@ -61,7 +57,6 @@ class nnUNetTrainerMONA_paperRecipe(nnUNetTrainerMONA):
     nn_gradient_to_network = True
     use_equivariance = True
     loss_weights = {"unsup": 1.0, "contrast": 0.01, "nn": 1.0, "eqv": 1.0}
-    loss_term_names = ("unsup", "contrast", "nn", "eqv", "confident_fraction")
 
 
 class nnUNetTrainerMONA_contrast01(nnUNetTrainerMONA):
@@ -74,7 +69,6 @@ class nnUNetTrainerMONA_contrast01_noEquivariance(nnUNetTrainerMONA_contrast01):
     gradient on the decoder is about a hundredth of the supervised loss's (``nnUNetv2_mona_gradient_shares``); this
     variant gives it a real share."""
     use_equivariance = False
-    loss_term_names = ("unsup", "unsup_dice", "contrast", "nn", "confident_fraction")
 
 
 class nnUNetTrainerMONA_warmStart(nnUNetTrainerMONA):

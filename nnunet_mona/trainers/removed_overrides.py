@@ -96,6 +96,22 @@ def _python_literal(value) -> str:
     return repr(_canonical_value(value))
 
 
+# a loss term a trainer can switch off; a weight for it does nothing while it is off
+TERM_SWITCHES = {"contrast": "use_contrast", "nn": "use_nn", "eqv": "use_equivariance"}
+
+
+def _switched_off(trainer: str, weights: dict) -> List[Tuple[str, str]]:
+    """(term, switch attribute) of each term in ``weights`` given a positive weight that ``trainer`` has off."""
+    import nnunet_mona.trainers as trainers  # every trainer: only when an error message is written
+    cls = getattr(trainers, trainer, None)
+    found = []
+    for term, weight in weights.items():
+        switch = TERM_SWITCHES.get(term)
+        if switch and getattr(cls, switch, True) is False and isinstance(weight, (int, float)) and weight > 0:
+            found.append((term, switch))
+    return found
+
+
 def subclass_code(trainer: str, overrides: Dict[str, str]) -> str:
     """Python source of a variant of ``trainer`` that sets what ``overrides`` ({variable: JSON}) set."""
     lines = [f"from nnunet_mona.trainers import {trainer}", "", "",
@@ -114,6 +130,8 @@ def subclass_code(trainer: str, overrides: Dict[str, str]) -> str:
         elif variable == LOSS_WEIGHTS_VARIABLE:
             items = ", ".join(f"{k!r}: {_python_literal(v)}" for k, v in parsed.items())
             lines.append(f"    loss_weights = {{**{trainer}.loss_weights, {items}}}")
+            lines += [f"    {switch} = True  # {trainer} has the {term!r} term off"
+                      for term, switch in _switched_off(trainer, parsed)]
         else:
             lines += [f"    {k} = {_python_literal(v)}" for k, v in parsed.items()]
     return "\n".join(lines) + "\n"
