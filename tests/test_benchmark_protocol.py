@@ -391,8 +391,9 @@ def test_self_training_row_end_to_end(poisoned_dataset, tmp_path):
 @pytest.mark.parametrize("trainers, on_disk, refused", [
     (["nnUNetTrainerBudget + nnUNetTrainerMeanTeacher"], [], "nnUNetTrainerMeanTeacher"),
     ([], ["nnUNetTrainerMONA_noContrast"], "nnUNetTrainerMONA_noContrast"),  # inherits the changed default
-    (["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA_randomStart"],
-     ["nnUNetTrainerACTION", "nnUNetTrainerMONA_paperRecipe"], None),  # their own warm-up settings: unchanged
+    (["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMeanTeacher_randomStart"],
+     ["nnUNetTrainerACTION", "nnUNetTrainerMONA_paperRecipe"], None),  # their own settings: unchanged
+    ([], ["nnUNetTrainerMONA_randomStart"], "nnUNetTrainerMONA_randomStart"),  # its warm-up, not its equivariance
 ])
 def test_a_folder_from_before_the_warm_start_defaults_is_refused_where_its_rows_changed_meaning(
         tmp_path, monkeypatch, trainers, on_disk, refused):
@@ -420,6 +421,36 @@ def test_a_folder_from_before_the_warm_start_defaults_is_refused_where_its_rows_
         (tmp_path / "benchmark_protocol.json").write_text(json.dumps(key))  # the current revision: accepted
         (tmp_path / "results.json").write_text(json.dumps({"protocol": {**key, "trainers": trainers}, "runs": []}))
         check_same_protocol(str(tmp_path), key)
+
+
+@pytest.mark.parametrize("on_disk, refused", [
+    (["nnUNetTrainerMONA_warmStart"], "nnUNetTrainerMONA_warmStart"),  # inherits the switch from the default
+    (["nnUNetTrainerMONA"], "nnUNetTrainerMONA"),
+    (["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA_noEquivariance",
+      "nnUNetTrainerMONA_equivariance", "nnUNetTrainerMONA_paperRecipe"], None),  # their own switch: unchanged
+])
+def test_a_folder_from_before_mona_lost_its_equivariance_term_is_refused_where_its_rows_changed_meaning(
+        tmp_path, monkeypatch, on_disk, refused):
+    """A folder of trainer-defaults revision 2 was trained when nnUNetTrainerMONA had the equivariance term: its
+    rows of classes inheriting the switch are refused (naming nnUNetTrainerMONA_equivariance, the old recipe) and
+    the folder is left unchanged; a folder of unaffected rows is resumed."""
+    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key
+    for variable in ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings"):
+        monkeypatch.delenv(variable, raising=False)
+    key = protocol_key(_protocol_args(), "D", {}, "nnUNetPlans", {})
+    (tmp_path / "benchmark_protocol.json").write_text(json.dumps({**key, "trainer_defaults": 2}))
+    for name in on_disk:
+        os.makedirs(tmp_path / "labeled_3" / "nnUNet_results" / "Dataset001_D" / f"{name}__nnUNetPlans__2d")
+    before = (tmp_path / "benchmark_protocol.json").read_text()
+    if refused is None:
+        check_same_protocol(str(tmp_path), key)
+        return
+    with pytest.raises(BenchmarkError) as info:
+        check_same_protocol(str(tmp_path), key)
+    message = str(info.value)
+    assert refused in message and "nnUNetTrainerMONA_equivariance" in message and "-o" in message, message
+    assert "_randomStart" not in message  # the warm-up change is older than this folder
+    assert (tmp_path / "benchmark_protocol.json").read_text() == before
 
 
 def test_rows_that_would_not_train_the_recipe_their_name_says_are_refused_before_any_work():

@@ -7,11 +7,12 @@ into a table with the new settings. The benchmark therefore writes the settings 
 key differs (:func:`check_same_protocol`). A folder from before this check has only ``results.json``; the keys its
 protocol records are compared. What a trainer does is its class name (a row per variant class), so it needs no key.
 
-``trainer_defaults`` numbers the revision of the trainers' defaults: in folders without it (revision 1),
-``nnUNetTrainerMeanTeacher``, ``nnUNetTrainerMONA`` and the variants that inherit their warm-up trained from random
-weights; today they start with a supervised warm-up. Such a folder with rows of those classes is refused
+``trainer_defaults`` numbers the revision of the trainers' defaults (``DEFAULT_CHANGES``): in folders without it
+(revision 1), ``nnUNetTrainerMeanTeacher``, ``nnUNetTrainerMONA`` and the variants that inherit their warm-up trained
+from random weights; up to revision 2 ``nnUNetTrainerMONA`` and the variants inheriting the switch trained with the
+equivariance term. A folder of an older revision with rows of a changed class is refused
 (:func:`refuse_changed_defaults`): its finished rows would be skipped and shown under a name that now trains
-another recipe.
+another recipe. A folder whose rows are not affected is resumed and recorded at today's revision.
 
 Older folders may record ``trainer_overrides``: the environment variables ``nnUNet_mona_trainer_settings`` /
 ``nnUNet_mona_loss_weights``, which no longer exist. A folder whose rows were trained with such an override is
@@ -28,9 +29,18 @@ from nnunet_mona.benchmark.evaluate import save_json
 STAMP = "benchmark_protocol.json"
 # as nnunet_mona.trainers.removed_overrides.REMOVED_VARIABLES (not imported here: that imports every trainer)
 REMOVED_OVERRIDE_VARIABLES = ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings")
-TRAINER_DEFAULTS_REVISION = 2
-# revision 1 -> 2: these classes' supervised_warmup_fraction went from 0 to 0.5 (and of the variants inheriting it)
-WARMUP_DEFAULT_CLASSES = ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA")
+# revision -> (the attribute whose default changed, the classes it changed in, what the rows trained before, the
+# variant with the old recipe). Variants that inherit the attribute from those classes changed too.
+DEFAULT_CHANGES = {
+    2: ("supervised_warmup_fraction", ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA"),
+        "had no supervised warm-up (today the first half of the epochs is supervised only)",
+        "the _randomStart variant (e.g. nnUNetTrainerMeanTeacher_randomStart)"),
+    3: ("use_equivariance", ("nnUNetTrainerMONA",),
+        "had MONA's equivariance term (today it has none)",
+        "nnUNetTrainerMONA_equivariance for nnUNetTrainerMONA and its _warmStart, for another variant a subclass "
+        "of it with use_equivariance = True (docs/configuration.md)"),
+}
+TRAINER_DEFAULTS_REVISION = max(DEFAULT_CHANGES)
 
 
 def plans_facts(plans_file: str, configuration: str) -> dict:
@@ -117,35 +127,43 @@ def _trained_trainer_names(output: str) -> List[str]:
     return sorted({os.path.basename(path).split("__")[0] for path in glob.glob(pattern) if os.path.isdir(path)})
 
 
-def _warmup_from_changed_default(trainer: str) -> bool:
-    """Whether ``trainer`` takes its supervised_warmup_fraction from a class whose default changed (False for an
-    unknown name: nothing to compare)."""
+def _inherits_changed_default(trainer: str, attribute: str, classes) -> bool:
+    """Whether ``trainer`` takes ``attribute`` from one of ``classes`` (False for an unknown name: nothing to
+    compare)."""
     from nnunet_mona.trainers.ready_trainer import find_trainer_class  # imports every trainer: only when needed
     try:
         cls = find_trainer_class(trainer)
     except RuntimeError:
         return False
-    owner = next((c for c in cls.__mro__ if "supervised_warmup_fraction" in vars(c)), None)
-    return owner is not None and owner.__name__ in WARMUP_DEFAULT_CLASSES
+    owner = next((c for c in cls.__mro__ if attribute in vars(c)), None)
+    return owner is not None and owner.__name__ in classes
+
+
+def _recorded_revision(recorded: List[Tuple[str, dict]]) -> int:
+    return max(p.get("trainer_defaults", 1) for _, p in recorded)
 
 
 def refuse_changed_defaults(output: str) -> None:
-    """Refuse a folder of trainer-defaults revision 1 (no ``trainer_defaults`` recorded) that holds rows of a class
-    whose warm-up default has changed since. Nothing is trained or overwritten."""
+    """Refuse a folder of an older trainer-defaults revision (none recorded: revision 1) that holds rows of a class
+    whose default has changed since. Nothing is trained or overwritten."""
     recorded = _recorded_protocols(output)
-    if not recorded or any(p.get("trainer_defaults", 1) >= TRAINER_DEFAULTS_REVISION for _, p in recorded):
+    if not recorded or _recorded_revision(recorded) >= TRAINER_DEFAULTS_REVISION:
         return
     names = set(_trained_trainer_names(output))
     for _, protocol in recorded:
         names.update(_trainers_of(protocol) or [])
-    changed = [t for t in sorted(names) if _warmup_from_changed_default(t)]
-    if changed:
+    problems = []
+    for revision in range(_recorded_revision(recorded) + 1, TRAINER_DEFAULTS_REVISION + 1):
+        attribute, classes, before, old_recipe = DEFAULT_CHANGES[revision]
+        changed = [t for t in sorted(names) if _inherits_changed_default(t, attribute, classes)]
+        if changed:
+            problems.append(f"rows of {', '.join(changed)} trained when {' and '.join(classes)} {before}; the old "
+                            f"recipe is {old_recipe}")
+    if problems:
         raise BenchmarkError(
-            f"{output} holds rows of {', '.join(changed)} trained when {' and '.join(WARMUP_DEFAULT_CLASSES)} had no "
-            f"supervised warm-up (recorded in {recorded[0][0]}); today they train the first half of the epochs "
-            f"supervised only, so the finished rows would be shown under a name that now means another recipe. "
-            f"Nothing was changed there. Use another output folder (-o); the old recipe is the _randomStart "
-            f"variant (e.g. nnUNetTrainerMeanTeacher_randomStart).")
+            f"{output} (recorded in {recorded[0][0]}) holds " + "; and ".join(problems) + ". The finished rows would "
+            f"be shown under a name that now means another recipe. Nothing was changed there. Use another output "
+            f"folder (-o).")
 
 
 def check_same_protocol(output: str, key: dict) -> None:
@@ -158,8 +176,9 @@ def check_same_protocol(output: str, key: dict) -> None:
     if found is None:
         return
     path, recorded = found
+    # an older trainer-defaults revision whose rows did not change (refuse_changed_defaults) is resumed
     diffs = [f"{k}: {recorded[k]!r} there, {v!r} now" for k, v in key.items()
-             if k in recorded and _norm(recorded[k]) != _norm(v)]
+             if k in recorded and k != "trainer_defaults" and _norm(recorded[k]) != _norm(v)]
     if diffs:
         raise BenchmarkError(f"{output} holds a benchmark run with another protocol ({path}):\n  - " +
                              "\n  - ".join(diffs) + "\nIts trained models and predictions would be mixed with this "
