@@ -116,6 +116,28 @@ def test_missing_rows_read_not_run_and_seeds_average(tmp_path):
     assert "55.0 (2 seeds)" in markdown(report)
 
 
+def test_margins_pair_seeds_a_row_with_a_second_seed_is_not_set_against_one_seed_alone(tmp_path):
+    """Mean Teacher has seeds 0 and 1, plain nnU-Net and the ceiling seed 0 only: the gain over plain is seed 0's
+    difference (not the two-seed mean against seed 0), and the table names the seed it used."""
+    out = str(tmp_path)
+    _write_results(budget_folder(out, 0, 1000), [_run(3, "nnUNetTrainerBudget", 0.50, 20),
+                                                 _run(70, "nnUNetTrainerBudget", 0.80, 20),
+                                                 _run(3, "nnUNetTrainerMeanTeacher_warmStart", 0.70, 20)])
+    _write_results(budget_folder(out, 1, 1000), [_run(3, "nnUNetTrainerMeanTeacher_warmStart", 0.60, 20)])
+    report = collect(out, _stamp(seeds=[0, 1]))
+    assert report["tables"]["3"]["nnUNetTrainerMeanTeacher_warmStart"]["1000"]["dice"] == pytest.approx(0.65)
+    m = report["margins"]["3"]["nnUNetTrainerMeanTeacher_warmStart"]["1000"]
+    assert m["over_plain"] == pytest.approx(20.0) and m["seeds"] == [0]
+    assert m["gap_closed"] == pytest.approx(20 / 30)
+    assert "+20.0 / n/a / 67 % (seed 0)" in markdown(report)
+    # with plain's second seed the gain is the mean of the paired differences, over both seeds
+    _write_results(budget_folder(out, 1, 1000), [_run(3, "nnUNetTrainerMeanTeacher_warmStart", 0.60, 20),
+                                                 _run(3, "nnUNetTrainerBudget", 0.56, 20)])
+    m = collect(out, _stamp(seeds=[0, 1]))["margins"]["3"]["nnUNetTrainerMeanTeacher_warmStart"]["1000"]
+    assert m["over_plain"] == pytest.approx(12.0) and m["seeds"] == [0, 1]
+    assert m["gap_closed"] == pytest.approx(12 / (80 - 53))
+
+
 def test_a_row_finished_while_its_benchmark_call_still_runs_is_reported(tmp_path):
     out = str(tmp_path)
     folder = budget_folder(out, 0, 1000)  # no results.json yet: the call's other rows still train

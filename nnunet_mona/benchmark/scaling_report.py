@@ -114,25 +114,47 @@ def _usable(c: Optional[dict]) -> Optional[float]:
     return c["dice"] if c and c["status"] == "ok" and not c["flagged"] else None
 
 
+def _per_seed(c: Optional[dict], budget: int) -> Dict:
+    """{seed: Dice} of a cell's seeds that trained and trained the budget's total (flagged seeds left out)."""
+    if not c:
+        return {}
+    return {e["seed"]: e["dice"] for e in c["seeds"] if e["status"] == "ok" and e["total_iterations"] == budget}
+
+
+def _mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
 def margins(table: Dict[str, Dict[str, dict]], budgets: List[int]) -> Dict[str, Dict[str, dict]]:
     """Per semi-supervised row and budget: gain over plain / self-training (Dice points) and the share of the gap
-    from plain nnU-Net to the ceiling that it closes; None where a needed cell is missing or flagged."""
+    from plain nnU-Net to the ceiling that it closes; None where a needed cell is missing or flagged. Each gain is
+    paired: the mean difference over the seeds both rows have (``seeds``: those of the gain over plain), so a row
+    with a second seed is never compared with another row's first seed alone; the ceiling, a reference, is its mean
+    over its seeds."""
     out = {}
     for row, cells in table.items():
         if row in (PLAIN, CEILING):
             continue
         out[row] = {}
-        for b in map(str, budgets):
-            value = _usable(cells.get(b))
-            plain = _usable(table.get(PLAIN, {}).get(b))
-            self_training = _usable(table.get(SELF, {}).get(b))
-            ceiling = _usable(table.get(CEILING, {}).get(b))
-            out[row][b] = {
-                "over_plain": None if value is None or plain is None else 100 * (value - plain),
-                "over_self_training": (None if value is None or self_training is None or row == SELF
-                                       else 100 * (value - self_training)),
-                "gap_closed": (None if value is None or plain is None or ceiling is None or ceiling <= plain
-                               else (value - plain) / (ceiling - plain)),
+        for b in budgets:
+            value = _per_seed(cells.get(str(b)), b)
+            plain = _per_seed(table.get(PLAIN, {}).get(str(b)), b)
+            self_training = _per_seed(table.get(SELF, {}).get(str(b)), b)
+            ceiling = _per_seed(table.get(CEILING, {}).get(str(b)), b)
+            with_plain = sorted(set(value) & set(plain))
+            with_self = sorted(set(value) & set(self_training))
+            over_plain = _mean(value[s] - plain[s] for s in with_plain) if with_plain else None
+            gap = None
+            if over_plain is not None and ceiling:
+                room = _mean(ceiling.values()) - _mean(plain[s] for s in with_plain)
+                gap = over_plain / room if room > 0 else None
+            out[row][str(b)] = {
+                "over_plain": None if over_plain is None else 100 * over_plain,
+                "over_self_training": (None if not with_self or row == SELF
+                                       else 100 * _mean(value[s] - self_training[s] for s in with_self)),
+                "gap_closed": gap,
+                "seeds": with_plain,
             }
     return out
 
@@ -185,13 +207,16 @@ def markdown(report: dict) -> str:
                     if e["status"] == "ok" and e["total_iterations"] != b:
                         flagged.append(f"N={n} {row} at B = {b}, seed {e['seed']}: trained "
                                        f"{e['total_iterations']} iterations")
-        lines += ["", f"### {n} labeled: margins (Dice points; gap = share of plain -> ceiling closed)", "", head, rule]
+        lines += ["", f"### {n} labeled: margins (Dice points; gap = share of plain -> ceiling closed; each over "
+                      f"the seeds both rows have, named where the row has more)", "", head, rule]
         for row, per_budget in report["margins"][n].items():
             texts = []
             for b in budgets:
                 m = per_budget[str(b)]
                 gap = "n/a" if m["gap_closed"] is None else f"{100 * m['gap_closed']:.0f} %"
-                texts.append(f"{_pts(m['over_plain'])} / {_pts(m['over_self_training'])} / {gap}")
+                measured = len(_per_seed(report["tables"][n][row][str(b)], b))
+                paired = f" (seed {', '.join(map(str, m['seeds']))})" if 0 < len(m["seeds"]) < measured else ""
+                texts.append(f"{_pts(m['over_plain'])} / {_pts(m['over_self_training'])} / {gap}{paired}")
             lines.append(f"| {row_label(row, p['ceiling_labeled'])}: over plain / over self-training / gap | " +
                          " | ".join(texts) + " |")
         lines += ["", f"### {n} labeled: training time per row (mean over seeds)", "", head, rule]
