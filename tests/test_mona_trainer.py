@@ -178,7 +178,8 @@ def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_traine
 
 @pytest.mark.parametrize("name", ["nnUNetTrainerMONA", "nnUNetTrainerMONA_noContrast", "nnUNetTrainerMONA_noNN",
                                   "nnUNetTrainerMONA_equivariance", "nnUNetTrainerMONA_paperRecipe",
-                                  "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix"])
+                                  "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",
+                                  "nnUNetTrainerMONA_linearHead_contrast01"])
 def test_variants_compute_their_terms(hidden_label_dataset, name):
     """Each variant computes exactly the terms it logs (loss_term_names follows its switches)."""
     torch.manual_seed(0)
@@ -187,6 +188,21 @@ def test_variants_compute_their_terms(hidden_label_dataset, name):
     terms = _fake_step(trainer)
     assert set(terms) == set(trainer.loss_term_names)
     assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_linear_head_variant_maps_decoder_features_linearly(hidden_label_dataset):
+    """_linearHead_contrast01: head and predictor are affine maps of the decoder features (no ReLU anywhere), the
+    default's are not; its contrast weight is 0.1."""
+    linear = _make_trainer(hidden_label_dataset["pre"], "nnUNetTrainerMONA_linearHead_contrast01")
+    default = _make_trainer(hidden_label_dataset["pre"], "nnUNetTrainerMONA")
+    for trainer in (linear, default):
+        trainer.initialize()
+
+    def relus(trainer, name):
+        return sum(isinstance(m, torch.nn.ReLU) for m in trainer.auxiliary_modules[name].modules())
+    assert relus(linear, "head") == relus(linear, "predictor") == 0
+    assert relus(default, "head") > 0 and relus(default, "predictor") > 0
+    assert linear.loss_weights["contrast"] == 0.1 and default.loss_weights["contrast"] == 0.01
 
 
 def test_default_computes_no_equivariance_term_and_warps_nothing(hidden_label_dataset):

@@ -88,3 +88,11 @@ class nnUNetTrainerMONA_randomStart(nnUNetTrainerMONA):
 class nnUNetTrainerMONA_fp32(nnUNetTrainerMONA):
     """MONA in fp32 on CUDA (no fp16 autocast / gradient scaler): tells a precision problem from a method problem."""
     mixed_precision = False
+
+
+class nnUNetTrainerMONA_linearHead_contrast01(nnUNetTrainerMONA_contrast01):
+    """Contrast weight 0.1 with a linear representation head and predictor (MONA's code; the paper's projectors
+    are non-linear). With the non-linear head the contrast separates the classes in its own embedding while the
+    decoder's features hardly change (``nnUNetv2_mona_class_separation``); through a linear head the embedding is a
+    linear map of the decoder's multi-scale features, so the separation the contrast asks for must be in them."""
+    head_nonlinear = False
