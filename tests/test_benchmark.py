@@ -114,6 +114,18 @@ def test_evaluate_folders_and_command(tmp_path):
     assert r["summary"]["mona"]["per_class"]["2"] == {"dice": 0.0, "hd95": 0.0, "asd": 0.0}
     assert r["summary"]["mm"]["undefined"]["2"]["hd95"] == 1
     assert "| **mean** | 50.0 |" in markdown_table(r)
+    assert r["summary"]["volume_ratio"] == {"1": {"total": 1.0, "median": 1.0}, "2": {"total": 0.0, "median": 0.0}}
+    over = gt.copy()
+    over[1, 4:11, 4:11] = np.where(gt[1, 4:11, 4:11] == 2, 2, 1)  # class 1 grown by one voxel all round: 49 / 25
+    img = sitk.GetImageFromArray(over)
+    img.SetSpacing((1.0, 1.0, 4.0))
+    sitk.WriteImage(img, str(pred_dir / "case1.nii.gz"))
+    grown = evaluate_folders(str(pred_dir), str(gt_dir))
+    assert grown["summary"]["volume_ratio"]["1"]["median"] == pytest.approx(49 / 25)
+    assert "| 1.96 |" in markdown_table(grown)
+    img = sitk.GetImageFromArray(pred)
+    img.SetSpacing((1.0, 1.0, 4.0))
+    sitk.WriteImage(img, str(pred_dir / "case1.nii.gz"))
     out = run_cmd([os.path.join(BIN, "nnUNetv2_mona_evaluate"), "-p", str(pred_dir), "-g", str(gt_dir),
                    "-o", str(tmp_path / "m.json"), "--labels", "1", "2", "--names", "RV", "MYO"])
     assert "| RV | 100.0 |" in out

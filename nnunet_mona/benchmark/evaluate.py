@@ -88,7 +88,22 @@ def summarize(per_volume: Dict[str, Dict[int, dict]], labels: Sequence[int], nam
         summary[protocol] = {"mean": mean, "per_class": per_class}
         if protocol == "mm":
             summary[protocol]["undefined"] = undefined
+    summary["volume_ratio"] = volume_ratios(per_volume, labels, names)
     return summary
+
+
+def volume_ratios(per_volume: Dict[str, Dict[int, dict]], labels: Sequence[int], names: Sequence[str]) -> dict:
+    """Per class, predicted over reference voxels: summed over the volumes ('total') and the median of the volumes
+    that have the class ('median'; None if none has it). Above 1 the model over-segments the class, below 1 it
+    misses some of it: a bias that Dice alone does not show."""
+    ratios = {}
+    for label, name in zip(labels, names):
+        pred = [per_volume[c][label]["pred_voxels"] for c in per_volume]
+        ref = [per_volume[c][label]["gt_voxels"] for c in per_volume]
+        per = [p / r for p, r in zip(pred, ref) if r > 0]
+        ratios[name] = {"total": sum(pred) / sum(ref) if sum(ref) else None,
+                        "median": float(np.median(per)) if per else None}
+    return ratios
 
 
 def _read(path: str):
@@ -154,13 +169,17 @@ def _fmt(value: Optional[float], scale: float = 1.0, digits: int = 2) -> str:
 def markdown_table(result: dict) -> str:
     """Rows: each class and the mean; columns: Dice [%], HD95, ASD for both protocols."""
     s = result["summary"]
-    lines = ["| class | Dice [%] (MONA) | HD95 [vox] | ASD [vox] | Dice [%] (mm prot.) | HD95 [mm] | ASD [mm] |",
-             "|---|---|---|---|---|---|---|"]
-    rows = [(n, s["mona"]["per_class"][n], s["mm"]["per_class"][n]) for n in result["labels"]]
-    rows.append(("**mean**", s["mona"]["mean"], s["mm"]["mean"]))
-    for name, mona, mm in rows:
+    lines = ["| class | Dice [%] (MONA) | HD95 [vox] | ASD [vox] | Dice [%] (mm prot.) | HD95 [mm] | ASD [mm] | "
+             "predicted / reference volume (median) |",
+             "|---|---|---|---|---|---|---|---|"]
+    ratios = s.get("volume_ratio", {})
+    rows = [(n, s["mona"]["per_class"][n], s["mm"]["per_class"][n], ratios.get(n, {}).get("median"))
+            for n in result["labels"]]
+    rows.append(("**mean**", s["mona"]["mean"], s["mm"]["mean"], None))
+    for name, mona, mm, ratio in rows:
         lines.append(f"| {name} | {_fmt(mona['dice'], 100, 1)} | {_fmt(mona['hd95'])} | {_fmt(mona['asd'])} | "
-                     f"{_fmt(mm['dice'], 100, 1)} | {_fmt(mm['hd95'])} | {_fmt(mm['asd'])} |")
+                     f"{_fmt(mm['dice'], 100, 1)} | {_fmt(mm['hd95'])} | {_fmt(mm['asd'])} | "
+                     f"{'' if name == '**mean**' else _fmt(ratio)} |")
     return "\n".join(lines)
 
 
