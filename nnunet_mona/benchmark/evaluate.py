@@ -97,6 +97,8 @@ def volume_ratios(per_volume: Dict[str, Dict[int, dict]], labels: Sequence[int],
     that have the class ('median'; None if none has it). Above 1 the model over-segments the class, below 1 it
     misses some of it: a bias that Dice alone does not show."""
     ratios = {}
+    if not all("pred_voxels" in per_volume[c][label] for c in per_volume for label in labels):
+        return ratios  # metrics from elsewhere without voxel counts
     for label, name in zip(labels, names):
         pred = [per_volume[c][label]["pred_voxels"] for c in per_volume]
         ref = [per_volume[c][label]["gt_voxels"] for c in per_volume]
