@@ -144,3 +144,47 @@ def test_alignment_is_on_by_default_and_can_be_switched_off(hidden_label_dataset
         assert getattr(trainers, name).align_class_distribution is True, name
     trainer = make_trainer("nnUNetTrainerMeanTeacher_noAlignment", hidden_label_dataset["pre"], fold=2, seed=0)
     assert trainer.distribution_alignment is None
+
+
+# ---------------------------------------------------------------- a fixed target: the labeled label maps
+def test_label_map_share_weights_every_slice_alike_and_skips_ignored_voxels():
+    import numpy as np
+    from nnunet_mona.modules.distribution_alignment import label_map_class_share
+    volume = np.zeros((2, 4, 4), np.int64)
+    volume[0] = 1  # slice 0 all foreground, slice 1 all background
+    volume[1, 0, :] = -1  # nnU-Net's ignore / outside-mask value: not counted
+    assert torch.allclose(label_map_class_share([volume], 2, slice_axis=0), torch.tensor([0.5, 0.5]))
+    assert torch.allclose(label_map_class_share([volume], 2), torch.tensor([12 / 28, 16 / 28]))
+    # two maps count alike whatever their size
+    small = np.ones((1, 2, 2), np.int64)
+    assert torch.allclose(label_map_class_share([volume, small], 2, slice_axis=0), torch.tensor([0.25, 0.75]))
+
+
+def test_a_fixed_target_ignores_the_labeled_patches_and_survives_a_resume():
+    fixed = torch.tensor([0.9, 0.1])
+    alignment = ClassDistributionAlignment(2, momentum=0.0, labeled_share=fixed)
+    alignment.observe_labeled(torch.ones(1, 1, 4, 4, dtype=torch.long))  # all foreground: would move a running share
+    assert torch.equal(alignment.labeled_share, fixed)
+    alignment.load_state_dict({"labeled_share": torch.tensor([0.5, 0.5]), "teacher_share": torch.tensor([0.8, 0.2])})
+    assert torch.equal(alignment.labeled_share, fixed) and torch.equal(alignment.teacher_share, torch.tensor([0.8, 0.2]))
+
+
+def test_align_to_label_maps_reads_the_labeled_cases_only(hidden_label_dataset, monkeypatch):
+    """The variant's target is the share of the fold's labeled label maps (the unlabeled cases' labels are moved
+    away by the fixture, so reading one would fail) and training steps do not move it."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunet_mona.modules.distribution_alignment import label_map_class_share
+    from nnunet_mona.trainers.ready_trainer import make_trainer, start_loaders
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    trainer = make_trainer("nnUNetTrainerMeanTeacher_alignToLabelMaps", hidden_label_dataset["pre"], fold=2, seed=0,
+                           class_overrides={"supervised_warmup_fraction": 0.0})
+    folder = trainer.preprocessed_dataset_folder
+    labeled = hidden_label_dataset["roles"]["labeled"]
+    dataset = infer_dataset_class(folder)(folder, labeled)
+    k = trainer.label_manager.num_segmentation_heads
+    expected = label_map_class_share((dataset.load_case(c)[1][0] for c in labeled), k, slice_axis=0)
+    alignment = trainer.distribution_alignment
+    assert alignment.fixed_labeled_share and torch.allclose(alignment.labeled_share, expected)
+    start_loaders(trainer)
+    trainer.train_step(next(trainer.dataloader_train))
+    assert torch.allclose(alignment.labeled_share, expected) and alignment.teacher_share is not None

@@ -19,19 +19,24 @@ steps and suppresses the foreground that alignment should restore. ``teacher_mom
 within ~10 steps; the default is 0.99, the setting of the results in docs/results.md, and the other value is a
 trainer attribute (``alignment_teacher_momentum``, see docs/configuration.md).
 """
-from typing import Dict, Optional
+from typing import Dict, Iterable, Optional
 
+import numpy as np
 import torch
 
 
 class ClassDistributionAlignment:
     def __init__(self, num_classes: int, momentum: float = 0.99, min_share: float = 1e-4,
-                 teacher_momentum: float = 0.99):
+                 teacher_momentum: float = 0.99, labeled_share: Optional[torch.Tensor] = None):
+        """``labeled_share`` (K,): a fixed target (e.g. :func:`label_map_class_share`); the labeled patches are then
+        not observed."""
+        self.fixed_labeled_share = labeled_share is not None
         self.num_classes = num_classes
         self.momentum = momentum  # labeled share
         self.teacher_momentum = teacher_momentum
         self.min_share = min_share  # keeps the ratio finite for a class absent so far
-        self.labeled_share: Optional[torch.Tensor] = None  # (K,)
+        self.labeled_share: Optional[torch.Tensor] = \
+            None if labeled_share is None else labeled_share.float().clone()  # (K,)
         self.teacher_share: Optional[torch.Tensor] = None  # (K,)
 
     @staticmethod
@@ -40,7 +45,10 @@ class ClassDistributionAlignment:
 
     @torch.no_grad()
     def observe_labeled(self, target: torch.Tensor) -> None:
-        """``target`` (B, 1, *P) integer labels; values outside [0, K) (nnU-Net's ignore label) are not counted."""
+        """``target`` (B, 1, *P) integer labels; values outside [0, K) (nnU-Net's ignore label) are not counted.
+        Nothing happens with a fixed target."""
+        if self.fixed_labeled_share:
+            return
         labels = target.long().flatten()
         labels = labels[(labels >= 0) & (labels < self.num_classes)]
         if labels.numel():
@@ -67,5 +75,30 @@ class ClassDistributionAlignment:
         return {"labeled_share": self.labeled_share, "teacher_share": self.teacher_share}
 
     def load_state_dict(self, state: Dict[str, Optional[torch.Tensor]]) -> None:
-        self.labeled_share = state.get("labeled_share")
+        if not self.fixed_labeled_share:
+            self.labeled_share = state.get("labeled_share")
         self.teacher_share = state.get("teacher_share")
+
+
+def label_map_class_share(segmentations: Iterable[np.ndarray], num_classes: int, slice_axis: Optional[int] = None
+                          ) -> torch.Tensor:
+    """(K,) class share of whole label maps, the mean over the maps: with ``slice_axis`` (2d training) each map's
+    share is the mean over its slices along that axis, so every slice counts alike, as nnU-Net's 2d loader draws
+    them; else the share of its voxels. Values outside [0, K) are not counted.
+
+    Unlike the running share of the labeled training patches, this has no foreground oversampling and no spatial
+    augmentation in it: the share a random slice (or volume) of the labeled cases has."""
+    shares = []
+    for seg in segmentations:
+        seg = np.asarray(seg)
+        parts = [seg] if slice_axis is None else [np.take(seg, i, axis=slice_axis) for i in range(seg.shape[slice_axis])]
+        per_part = []
+        for part in parts:
+            values = part[(part >= 0) & (part < num_classes)].astype(np.int64).ravel()
+            if values.size:
+                per_part.append(np.bincount(values, minlength=num_classes) / values.size)
+        if per_part:
+            shares.append(np.mean(per_part, 0))
+    if not shares:
+        raise ValueError("no labeled voxel in the given label maps")
+    return torch.tensor(np.mean(shares, 0), dtype=torch.float32)

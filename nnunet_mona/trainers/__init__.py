@@ -5,6 +5,7 @@ from nnunet_mona.trainers.mean_teacher import (nnUNetTrainerMeanTeacher, nnUNetT
                                              nnUNetTrainerMeanTeacher_warmStart,
                                              nnUNetTrainerMeanTeacher_randomStart)
 from nnunet_mona.trainers.mean_teacher_variants import (nnUNetTrainerMeanTeacher_alignmentMomentum09,
+                                                        nnUNetTrainerMeanTeacher_alignToLabelMaps,
                                                         nnUNetTrainerMeanTeacher_classAdaptiveThreshold,
                                                         nnUNetTrainerMeanTeacher_copyPaste,
                                                         nnUNetTrainerMeanTeacher_emaDecay0999,
@@ -41,7 +42,8 @@ __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerM
            "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMeanTeacher_randomStart",
            "nnUNetTrainerMeanTeacher_warmStart25", "nnUNetTrainerMeanTeacher_copyPaste",
            "nnUNetTrainerMeanTeacher_noMix", "nnUNetTrainerMeanTeacher_noAlignment",
-           "nnUNetTrainerMeanTeacher_alignmentMomentum09", "nnUNetTrainerMeanTeacher_classAdaptiveThreshold",
+           "nnUNetTrainerMeanTeacher_alignmentMomentum09", "nnUNetTrainerMeanTeacher_alignToLabelMaps",
+           "nnUNetTrainerMeanTeacher_classAdaptiveThreshold",
            "nnUNetTrainerMeanTeacher_fullUnlabeledBatch", "nnUNetTrainerMeanTeacher_rampUp40",
            "nnUNetTrainerMeanTeacher_threshold097", "nnUNetTrainerMeanTeacher_emaDecay0999",
            "nnUNetTrainerMeanTeacher_noPseudoLabelDice", "nnUNetTrainerMeanTeacher_noPseudoLabelCE",

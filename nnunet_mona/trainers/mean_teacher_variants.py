@@ -23,6 +23,12 @@ class nnUNetTrainerMeanTeacher_noAlignment(nnUNetTrainerMeanTeacher):
     align_class_distribution = False
 
 
+class nnUNetTrainerMeanTeacher_alignToLabelMaps(nnUNetTrainerMeanTeacher):
+    """Distribution alignment to the labeled cases' whole label maps (every slice alike) instead of the running share
+    of the labeled training patches, which nnU-Net's foreground oversampling and zooming inflate."""
+    alignment_target = "label_maps"
+
+
 class nnUNetTrainerMeanTeacher_alignmentMomentum09(nnUNetTrainerMeanTeacher):
     """Alignment's running teacher share with momentum 0.9 (not 0.99): follows the teacher within ~10 steps."""
     alignment_teacher_momentum = 0.9

@@ -36,7 +36,7 @@ from torch import distributed as dist
 from nnunet_mona.data.paths import unlabeled_preprocessed_folder
 from nnunet_mona.trainers.budget import TrainedThisRun, apply_budget_from_environment, seed_from_environment
 from nnunet_mona.modules.class_adaptive_threshold import ClassAdaptiveThreshold
-from nnunet_mona.modules.distribution_alignment import ClassDistributionAlignment
+from nnunet_mona.modules.distribution_alignment import ClassDistributionAlignment, label_map_class_share
 from nnunet_mona.modules.distributed import all_gather_concat, average_gradients_, broadcast_module_, rank_share
 from nnunet_mona.modules.ema_teacher import EMATeacher
 from nnunet_mona.trainers.gradient_monitor import relative_gradient_norms
@@ -98,6 +98,10 @@ class nnUNetTrainerSemiSupervised(RandomStreamsMixin, TeacherPipelineMixin, Epoc
     # random teacher's near-uniform start for hundreds of steps (modules.distribution_alignment); 0.9 follows the
     # teacher within about ten steps (nnUNetTrainerMeanTeacher_alignmentMomentum09) but did no better
     alignment_teacher_momentum: float = 0.99
+    # what the teacher is aligned to: 'patches', the running share of the labeled training patches (with nnU-Net's
+    # foreground oversampling and spatial augmentation in it), or 'label_maps', the fixed share of the labeled
+    # cases' whole label maps, every slice alike in 2d (modules.distribution_alignment.label_map_class_share)
+    alignment_target: str = "patches"
     # per-class pseudo-label thresholds scaled by the teacher's running confidence per class, the trainer's fixed
     # threshold as the ceiling (modules.class_adaptive_threshold). Off: where the teacher's argmax is rarely
     # foreground at all, a lower foreground threshold has little to admit
@@ -152,13 +156,28 @@ class nnUNetTrainerSemiSupervised(RandomStreamsMixin, TeacherPipelineMixin, Epoc
         # so every rank starts from the same teacher
         self.teacher = EMATeacher(teacher_net, self.network, decay=self.ema_decay, warmup=self.ema_warmup)
         self.distribution_alignment = ClassDistributionAlignment(
-            self.label_manager.num_segmentation_heads, teacher_momentum=self.alignment_teacher_momentum) \
-            if self.align_class_distribution else None
+            self.label_manager.num_segmentation_heads, teacher_momentum=self.alignment_teacher_momentum,
+            labeled_share=self.labeled_label_map_share()) if self.align_class_distribution else None
         self.adaptive_threshold = ClassAdaptiveThreshold(self.label_manager.num_segmentation_heads) \
             if self.class_adaptive_threshold else None
         if self.is_ddp and self.auxiliary_modules is not None:
             # heads are not wrapped by DDP: start them equal on every rank (gradients are averaged per step)
             broadcast_module_(self.auxiliary_modules)
+
+    def labeled_label_map_share(self) -> Optional[torch.Tensor]:
+        """(K,) fixed alignment target of ``alignment_target = 'label_maps'`` (None for 'patches'): the class share
+        of this fold's labeled training cases, read once from the preprocessed label maps."""
+        if self.alignment_target == "patches":
+            return None
+        if self.alignment_target != "label_maps":
+            raise ValueError(f"alignment_target {self.alignment_target!r}: use 'patches' or 'label_maps'")
+        dataset_tr, _ = self.get_tr_and_val_datasets()
+        segs = (dataset_tr.load_case(key)[1][0] for key in dataset_tr.identifiers)  # (Z, Y, X) or (Y, X) each
+        share = label_map_class_share(segs, self.label_manager.num_segmentation_heads,
+                                      slice_axis=0 if len(self.configuration_manager.patch_size) == 2 else None)
+        self.print_to_log_file(f"alignment target (label maps of {len(dataset_tr.identifiers)} labeled cases): "
+                               f"{[round(float(v), 4) for v in share]}")
+        return share
 
     def _set_batch_size_and_oversample(self):
         super()._set_batch_size_and_oversample()  # the plans' batch (this rank's share under DDP)
