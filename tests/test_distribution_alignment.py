@@ -142,8 +142,9 @@ def test_alignment_is_on_by_default_and_can_be_switched_off(hidden_label_dataset
     from nnunet_mona.trainers.ready_trainer import make_trainer
     for name in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA", "nnUNetTrainerACTION"):
         assert getattr(trainers, name).align_class_distribution is True, name
-    trainer = make_trainer("nnUNetTrainerMeanTeacher_noAlignment", hidden_label_dataset["pre"], fold=2, seed=0)
-    assert trainer.distribution_alignment is None
+    for name in ("nnUNetTrainerMeanTeacher_noAlignment", "nnUNetTrainerMONA_noAlignment"):
+        trainer = make_trainer(name, hidden_label_dataset["pre"], fold=2, seed=0)
+        assert trainer.distribution_alignment is None, name
 
 
 # ---------------------------------------------------------------- a fixed target: the labeled label maps

@@ -179,7 +179,7 @@ def test_plans_batch_is_split_and_half_the_unlabeled_batch_is_warped(unit_traine
 @pytest.mark.parametrize("name", ["nnUNetTrainerMONA", "nnUNetTrainerMONA_noContrast", "nnUNetTrainerMONA_noNN",
                                   "nnUNetTrainerMONA_equivariance", "nnUNetTrainerMONA_paperRecipe",
                                   "nnUNetTrainerMONA_cutout", "nnUNetTrainerMONA_classmix",
-                                  "nnUNetTrainerMONA_linearHead_contrast01"])
+                                  "nnUNetTrainerMONA_linearHead_contrast01", "nnUNetTrainerMONA_noAlignment"])
 def test_variants_compute_their_terms(hidden_label_dataset, name):
     """Each variant computes exactly the terms it logs (loss_term_names follows its switches)."""
     torch.manual_seed(0)

@@ -96,3 +96,9 @@ class nnUNetTrainerMONA_linearHead_contrast01(nnUNetTrainerMONA_contrast01):
     decoder's features hardly change (``nnUNetv2_mona_class_separation``); through a linear head the embedding is a
     linear map of the decoder's multi-scale features, so the separation the contrast asks for must be in them."""
     head_nonlinear = False
+
+
+class nnUNetTrainerMONA_noAlignment(nnUNetTrainerMONA):
+    """Without distribution alignment of the teacher's probabilities (as nnUNetTrainerMeanTeacher_noAlignment):
+    the labeled patches' class share that alignment matches is inflated by foreground oversampling."""
+    align_class_distribution = False
