@@ -34,13 +34,9 @@ def checkpoint_shares(path: str) -> Optional[dict]:
 def slice_shares(files: List[str], num_classes: int) -> np.ndarray:
     """(K,) class share per 2d slice (axis 0 of each volume), averaged over the volumes' mean slice shares."""
     import SimpleITK as sitk
-    per_volume = []
-    for f in files:
-        labels = sitk.GetArrayFromImage(sitk.ReadImage(f)).astype(np.int64)
-        slices = [np.bincount(s[(s >= 0) & (s < num_classes)].ravel(), minlength=num_classes) / s.size
-                  for s in labels]
-        per_volume.append(np.mean(slices, 0))
-    return np.mean(per_volume, 0)
+    from nnunet_mona.modules.distribution_alignment import label_map_class_share
+    maps = (sitk.GetArrayFromImage(sitk.ReadImage(f)) for f in files)
+    return label_map_class_share(maps, num_classes, slice_axis=0).numpy()
 
 
 def largest_label(path: str) -> int:

@@ -147,14 +147,15 @@ def refuse_changed_defaults(output: str) -> None:
     """Refuse a folder of an older trainer-defaults revision (none recorded: revision 1) that holds rows of a class
     whose default has changed since. Nothing is trained or overwritten."""
     recorded = _recorded_protocols(output)
-    if not recorded or _recorded_revision(recorded) >= TRAINER_DEFAULTS_REVISION:
+    revision = _recorded_revision(recorded) if recorded else TRAINER_DEFAULTS_REVISION
+    if revision >= TRAINER_DEFAULTS_REVISION:
         return
     names = set(_trained_trainer_names(output))
     for _, protocol in recorded:
         names.update(_trainers_of(protocol) or [])
     problems = []
-    for revision in range(_recorded_revision(recorded) + 1, TRAINER_DEFAULTS_REVISION + 1):
-        attribute, classes, before, old_recipe = DEFAULT_CHANGES[revision]
+    for later in range(revision + 1, TRAINER_DEFAULTS_REVISION + 1):
+        attribute, classes, before, old_recipe = DEFAULT_CHANGES[later]
         changed = [t for t in sorted(names) if _inherits_changed_default(t, attribute, classes)]
         if changed:
             problems.append(f"rows of {', '.join(changed)} trained when {' and '.join(classes)} {before}; the old "
