@@ -233,7 +233,8 @@ def test_an_old_folder_trained_with_trainer_overrides_is_refused_naming_the_vari
     if where == "stamp":
         path = tmp_path / "benchmark_protocol.json"
         path.write_text(json.dumps(recorded))
-        expected = ["nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA_warmStart"]  # no trainer list there
+        # no trainer list there; half the epochs supervised is the default Mean Teacher's recipe
+        expected = ["nnUNetTrainerMeanTeacher itself", "nnUNetTrainerMONA_warmStart"]
     else:
         path = tmp_path / "results.json"
         path.write_text(json.dumps({"protocol": {**recorded, "trainers": ["nnUNetTrainerBudget + nnUNetTrainerMONA"],
@@ -450,6 +451,37 @@ def test_a_folder_from_before_mona_lost_its_equivariance_term_is_refused_where_i
     message = str(info.value)
     assert refused in message and "nnUNetTrainerMONA_equivariance" in message and "-o" in message, message
     assert "_randomStart" not in message  # the warm-up change is older than this folder
+    assert (tmp_path / "benchmark_protocol.json").read_text() == before
+
+
+@pytest.mark.parametrize("on_disk, refused", [
+    (["nnUNetTrainerMeanTeacher"], "nnUNetTrainerMeanTeacher"),
+    (["nnUNetTrainerMeanTeacher_copyPaste"], "nnUNetTrainerMeanTeacher_copyPaste"),  # inherits the switch
+    (["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMeanTeacher_randomStart",
+      "nnUNetTrainerMeanTeacher_noAlignment", "nnUNetTrainerMeanTeacher_alignToLabelMaps", "nnUNetTrainerMONA"],
+     None),  # their own switch, or not a Mean Teacher: unchanged
+])
+def test_a_folder_from_before_mean_teacher_lost_its_alignment_is_refused_where_its_rows_changed_meaning(
+        tmp_path, monkeypatch, on_disk, refused):
+    """A folder of trainer-defaults revision 3 was trained when nnUNetTrainerMeanTeacher aligned the teacher's class
+    distribution: rows of classes inheriting that switch are refused, naming nnUNetTrainerMeanTeacher_warmStart
+    (the old recipe), and the folder is left unchanged; a folder of unaffected rows is resumed."""
+    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key
+    for variable in ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings"):
+        monkeypatch.delenv(variable, raising=False)
+    key = protocol_key(_protocol_args(), "D", {}, "nnUNetPlans", {})
+    (tmp_path / "benchmark_protocol.json").write_text(json.dumps({**key, "trainer_defaults": 3}))
+    for name in on_disk:
+        os.makedirs(tmp_path / "labeled_3" / "nnUNet_results" / "Dataset001_D" / f"{name}__nnUNetPlans__2d")
+    before = (tmp_path / "benchmark_protocol.json").read_text()
+    if refused is None:
+        check_same_protocol(str(tmp_path), key)
+        return
+    with pytest.raises(BenchmarkError) as info:
+        check_same_protocol(str(tmp_path), key)
+    message = str(info.value)
+    assert refused in message and "nnUNetTrainerMeanTeacher_warmStart for" in message and "-o" in message, message
+    assert "_equivariance" not in message  # older changes than this folder
     assert (tmp_path / "benchmark_protocol.json").read_text() == before
 
 

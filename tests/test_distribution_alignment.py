@@ -137,12 +137,17 @@ def test_trainer_trains_on_aligned_pseudo_labels_and_checkpoints_the_shares(hidd
     assert torch.equal(other.distribution_alignment.labeled_share, state["labeled_share"])
 
 
-def test_alignment_is_on_by_default_and_can_be_switched_off(hidden_label_dataset, monkeypatch):
+def test_alignment_is_off_in_the_default_mean_teacher_and_on_where_the_teacher_starts_random(hidden_label_dataset,
+                                                                                              monkeypatch):
+    """The default Mean Teacher (warm-up) builds no alignment; its _warmStart / _randomStart variants, the
+    variants about alignment, MONA and ACTION do."""
     import nnunet_mona.trainers as trainers
     from nnunet_mona.trainers.ready_trainer import make_trainer
-    for name in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMONA", "nnUNetTrainerACTION"):
+    for name in ("nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMeanTeacher_randomStart",
+                 "nnUNetTrainerMeanTeacher_alignToLabelMaps", "nnUNetTrainerMeanTeacher_alignmentMomentum09",
+                 "nnUNetTrainerMONA", "nnUNetTrainerACTION"):
         assert getattr(trainers, name).align_class_distribution is True, name
-    for name in ("nnUNetTrainerMeanTeacher_noAlignment", "nnUNetTrainerMONA_noAlignment"):
+    for name in ("nnUNetTrainerMeanTeacher", "nnUNetTrainerMeanTeacher_noAlignment", "nnUNetTrainerMONA_noAlignment"):
         trainer = make_trainer(name, hidden_label_dataset["pre"], fold=2, seed=0)
         assert trainer.distribution_alignment is None, name
 

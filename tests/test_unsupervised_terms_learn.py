@@ -40,7 +40,8 @@ def _train_on_fixed_data(pre, name, loss_weights=None):
     # distribution alignment stays on, its running teacher share made to follow this toy's teacher: on one fixed
     # batch without the supervised loss the teacher changes within a few steps; a slower teacher momentum keeps
     # the random start's foreground share and suppresses every foreground pseudo-label (unsup_dice cannot fall)
-    trainer.distribution_alignment.teacher_momentum = 0.5
+    if trainer.distribution_alignment is not None:  # the default Mean Teacher has none
+        trainer.distribution_alignment.teacher_momentum = 0.5
     # the supervised loss off: it alone makes student and teacher agree on this toy (with the unsupervised loss
     # detached, Mean Teacher's unsup still falls), so only a term's own gradient (and the other unsupervised
     # terms') can make it fall

@@ -10,7 +10,8 @@ protocol records are compared. What a trainer does is its class name (a row per 
 ``trainer_defaults`` numbers the revision of the trainers' defaults (``DEFAULT_CHANGES``): in folders without it
 (revision 1), ``nnUNetTrainerMeanTeacher``, ``nnUNetTrainerMONA`` and the variants that inherit their warm-up trained
 from random weights; up to revision 2 ``nnUNetTrainerMONA`` and the variants inheriting the switch trained with the
-equivariance term. A folder of an older revision with rows of a changed class is refused
+equivariance term; up to revision 3 ``nnUNetTrainerMeanTeacher`` and the variants inheriting the switch aligned
+the teacher's class distribution. A folder of an older revision with rows of a changed class is refused
 (:func:`refuse_changed_defaults`): its finished rows would be skipped and shown under a name that now trains
 another recipe. A folder whose rows are not affected is resumed and recorded at today's revision.
 
@@ -39,6 +40,10 @@ DEFAULT_CHANGES = {
         "had MONA's equivariance term (today it has none)",
         "nnUNetTrainerMONA_equivariance for nnUNetTrainerMONA and its _warmStart, for another variant a subclass "
         "of it with use_equivariance = True (docs/configuration.md)"),
+    4: ("align_class_distribution", ("nnUNetTrainerMeanTeacher",),
+        "had distribution alignment (today it has none)",
+        "nnUNetTrainerMeanTeacher_warmStart for nnUNetTrainerMeanTeacher, for another variant a subclass of it with "
+        "align_class_distribution = True (docs/configuration.md)"),
 }
 TRAINER_DEFAULTS_REVISION = max(DEFAULT_CHANGES)
 

@@ -13,6 +13,12 @@ mostly background (docs/results.md). The default builds it into one training: th
 nnU-Net's supervised step alone (``supervised_warmup_fraction``). A chain does the same in two trainings:
 ``nnUNetTrainerMeanTeacher_randomStart -pretrained_weights <plain fold>/checkpoint_final.pth``.
 
+The default does not rescale the teacher's probabilities (no distribution alignment): after a supervised start
+the teacher does not under-segment, and the labeled patches' class share that alignment matches is inflated by
+nnU-Net's foreground oversampling, so alignment made every structure too large (docs/results.md).
+``_warmStart`` is the same warm-up with alignment; ``_randomStart`` keeps alignment too, for the random teacher
+that it was made for.
+
 ``nnUNetTrainerMeanTeacher_MSE`` is the original soft consistency (softmax MSE, no mixing, no
 Dice, half + half batch).
 """
@@ -30,10 +36,13 @@ MEAN_TEACHER_MIX_MODES = MIX_MODES + ("copy_paste",)
 
 class nnUNetTrainerMeanTeacher(nnUNetTrainerSemiSupervised):
     """Mean Teacher with confident pseudo-labels (CE + Dice) on CutMix-ed strong views. By default the first half
-    of the epochs trains nnU-Net's supervised step alone (a supervised start for the teacher): the recipe that
-    scored best at the largest budget measured (docs/results.md); ``_randomStart`` is the variant without it."""
+    of the epochs trains nnU-Net's supervised step alone (a supervised start for the teacher) and the teacher's
+    probabilities are used as predicted: the recipe that scored best at the largest budget measured
+    (docs/results.md); ``_randomStart`` is the variant without warm-up, ``_warmStart`` the one with alignment."""
     # the first half supervised, then Mean Teacher from a teacher copied from the student (trainers.supervised_warmup)
     supervised_warmup_fraction = 0.5
+    # no distribution alignment: after the warm-up it over-segments (module docstring)
+    align_class_distribution = False
     consistency: str = "masked_ce"  # or "mse"
     confidence_threshold: float = 0.9
     # student view: the loader's strong view, mixed with a partner ('cutmix' | 'cutout' | 'classmix' | 'none'),
@@ -113,12 +122,16 @@ class nnUNetTrainerMeanTeacher_classBalanced(nnUNetTrainerMeanTeacher):
 class nnUNetTrainerMeanTeacher_warmStart(nnUNetTrainerMeanTeacher):
     """Plain nnU-Net, then Mean Teacher from its weights, in one ``nnUNetv2_train``: the first half of the epochs is
     nnU-Net's supervised step alone, then the teacher is copied from the student and the poly LR starts again
-    (``supervised_warmup_fraction``). The default's recipe under a name that stays if the default changes."""
+    (``supervised_warmup_fraction``), with distribution alignment of the teacher's probabilities: the default's
+    warm-up with alignment on (``nnUNetTrainerMeanTeacher_noAlignment`` is the default's recipe by name)."""
     supervised_warmup_fraction = 0.5
+    align_class_distribution = True
 
 
 class nnUNetTrainerMeanTeacher_randomStart(nnUNetTrainerMeanTeacher):
     """Mean Teacher without a supervised warm-up: every epoch semi-supervised, the teacher an EMA of the student from
     the first step. From random weights, or as the second training of a chain (``-pretrained_weights`` from a
-    supervised model, which already is the warm-up)."""
+    supervised model, which already is the warm-up). With distribution alignment: from random weights the teacher
+    under-segments, most with one labeled case (docs/results.md)."""
     supervised_warmup_fraction = 0.0
+    align_class_distribution = True

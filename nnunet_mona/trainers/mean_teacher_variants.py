@@ -19,18 +19,21 @@ class nnUNetTrainerMeanTeacher_noMix(nnUNetTrainerMeanTeacher):
 
 
 class nnUNetTrainerMeanTeacher_noAlignment(nnUNetTrainerMeanTeacher):
-    """Without distribution alignment: the teacher's probabilities as predicted, not rescaled to the labeled shares."""
+    """Without distribution alignment: the teacher's probabilities as predicted, not rescaled to the labeled shares.
+    The default's recipe under a name that stays if the default changes."""
     align_class_distribution = False
 
 
 class nnUNetTrainerMeanTeacher_alignToLabelMaps(nnUNetTrainerMeanTeacher):
     """Distribution alignment to the labeled cases' whole label maps (every slice alike) instead of the running share
     of the labeled training patches, which nnU-Net's foreground oversampling and zooming inflate."""
+    align_class_distribution = True
     alignment_target = "label_maps"
 
 
 class nnUNetTrainerMeanTeacher_alignmentMomentum09(nnUNetTrainerMeanTeacher):
     """Alignment's running teacher share with momentum 0.9 (not 0.99): follows the teacher within ~10 steps."""
+    align_class_distribution = True
     alignment_teacher_momentum = 0.9
 
 

@@ -92,7 +92,8 @@ class nnUNetTrainerSemiSupervised(RandomStreamsMixin, TeacherPipelineMixin, Epoc
     unlabeled_worker_share: float = 0.5
     # rescale the teacher's class probabilities so that their running share on the unlabeled pixels matches
     # the labeled targets' class share (modules.distribution_alignment): counters a teacher that under-segments
-    # (on by default: it helped Mean Teacher on ACDC, docs/results.md)
+    # (on here, for a teacher that starts from random weights; nnUNetTrainerMeanTeacher, which starts from its
+    # supervised warm-up, has it off: there it over-segments, docs/results.md)
     align_class_distribution: bool = True
     # how fast the running share of the teacher's probabilities forgets (the labeled share: 0.99). 0.99 keeps a
     # random teacher's near-uniform start for hundreds of steps (modules.distribution_alignment); 0.9 follows the
