@@ -22,7 +22,8 @@ from nnunet_mona.benchmark.self_training import BASE_TRAINER, SELF_TRAINING
 
 PLAIN, SELF, CEILING = "plain", "self_training", "ceiling"
 KEYWORDS = (PLAIN, SELF, CEILING)
-DEFAULT_ROWS = (PLAIN, SELF, "nnUNetTrainerMeanTeacher_randomStart", "nnUNetTrainerMeanTeacher_warmStart",
+# the defaults' recipes under names that stay when a default changes (the default Mean Teacher is _noAlignment)
+DEFAULT_ROWS = (PLAIN, SELF, "nnUNetTrainerMeanTeacher_randomStart", "nnUNetTrainerMeanTeacher_noAlignment",
                 "nnUNetTrainerMONA_warmStart", CEILING)
 
 
