@@ -424,22 +424,35 @@ def test_a_folder_from_before_the_warm_start_defaults_is_refused_where_its_rows_
         check_same_protocol(str(tmp_path), key)
 
 
-@pytest.mark.parametrize("on_disk, refused", [
-    (["nnUNetTrainerMONA_warmStart"], "nnUNetTrainerMONA_warmStart"),  # inherits the switch from the default
-    (["nnUNetTrainerMONA"], "nnUNetTrainerMONA"),
-    (["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA_noEquivariance",
-      "nnUNetTrainerMONA_equivariance", "nnUNetTrainerMONA_paperRecipe"], None),  # their own switch: unchanged
+_EQV, _ALIGN = (2, "nnUNetTrainerMONA_equivariance", "_randomStart"), (3, "nnUNetTrainerMeanTeacher_warmStart for",
+                                                                      "_equivariance")
+
+
+@pytest.mark.parametrize("change, on_disk, refused", [
+    # revision 2: nnUNetTrainerMONA had the equivariance term
+    (_EQV, ["nnUNetTrainerMONA_warmStart"], "nnUNetTrainerMONA_warmStart"),  # inherits the switch from the default
+    (_EQV, ["nnUNetTrainerMONA"], "nnUNetTrainerMONA"),
+    (_EQV, ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMONA_noEquivariance",
+            "nnUNetTrainerMONA_equivariance", "nnUNetTrainerMONA_paperRecipe"], None),  # their own switch
+    # revision 3: nnUNetTrainerMeanTeacher aligned the teacher's class distribution
+    (_ALIGN, ["nnUNetTrainerMeanTeacher"], "nnUNetTrainerMeanTeacher"),
+    (_ALIGN, ["nnUNetTrainerMeanTeacher_copyPaste"], "nnUNetTrainerMeanTeacher_copyPaste"),  # inherits the switch
+    (_ALIGN, ["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMeanTeacher_randomStart",
+              "nnUNetTrainerMeanTeacher_noAlignment", "nnUNetTrainerMeanTeacher_alignToLabelMaps",
+              "nnUNetTrainerMONA"], None),  # their own switch, or not a Mean Teacher
 ])
-def test_a_folder_from_before_mona_lost_its_equivariance_term_is_refused_where_its_rows_changed_meaning(
-        tmp_path, monkeypatch, on_disk, refused):
-    """A folder of trainer-defaults revision 2 was trained when nnUNetTrainerMONA had the equivariance term: its
-    rows of classes inheriting the switch are refused (naming nnUNetTrainerMONA_equivariance, the old recipe) and
-    the folder is left unchanged; a folder of unaffected rows is resumed."""
+def test_a_folder_from_before_a_default_changed_is_refused_where_its_rows_changed_meaning(
+        tmp_path, monkeypatch, change, on_disk, refused):
+    """A folder of an older trainer-defaults revision (2: nnUNetTrainerMONA had the equivariance term; 3:
+    nnUNetTrainerMeanTeacher aligned the teacher's class distribution): its rows of classes inheriting the changed
+    switch are refused, naming the old recipe's variant, and the folder is left unchanged; changes older than the
+    folder are not named; a folder of unaffected rows is resumed."""
     from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key
+    revision, old_recipe, older_change = change
     for variable in ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings"):
         monkeypatch.delenv(variable, raising=False)
     key = protocol_key(_protocol_args(), "D", {}, "nnUNetPlans", {})
-    (tmp_path / "benchmark_protocol.json").write_text(json.dumps({**key, "trainer_defaults": 2}))
+    (tmp_path / "benchmark_protocol.json").write_text(json.dumps({**key, "trainer_defaults": revision}))
     for name in on_disk:
         os.makedirs(tmp_path / "labeled_3" / "nnUNet_results" / "Dataset001_D" / f"{name}__nnUNetPlans__2d")
     before = (tmp_path / "benchmark_protocol.json").read_text()
@@ -449,39 +462,8 @@ def test_a_folder_from_before_mona_lost_its_equivariance_term_is_refused_where_i
     with pytest.raises(BenchmarkError) as info:
         check_same_protocol(str(tmp_path), key)
     message = str(info.value)
-    assert refused in message and "nnUNetTrainerMONA_equivariance" in message and "-o" in message, message
-    assert "_randomStart" not in message  # the warm-up change is older than this folder
-    assert (tmp_path / "benchmark_protocol.json").read_text() == before
-
-
-@pytest.mark.parametrize("on_disk, refused", [
-    (["nnUNetTrainerMeanTeacher"], "nnUNetTrainerMeanTeacher"),
-    (["nnUNetTrainerMeanTeacher_copyPaste"], "nnUNetTrainerMeanTeacher_copyPaste"),  # inherits the switch
-    (["nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher_warmStart", "nnUNetTrainerMeanTeacher_randomStart",
-      "nnUNetTrainerMeanTeacher_noAlignment", "nnUNetTrainerMeanTeacher_alignToLabelMaps", "nnUNetTrainerMONA"],
-     None),  # their own switch, or not a Mean Teacher: unchanged
-])
-def test_a_folder_from_before_mean_teacher_lost_its_alignment_is_refused_where_its_rows_changed_meaning(
-        tmp_path, monkeypatch, on_disk, refused):
-    """A folder of trainer-defaults revision 3 was trained when nnUNetTrainerMeanTeacher aligned the teacher's class
-    distribution: rows of classes inheriting that switch are refused, naming nnUNetTrainerMeanTeacher_warmStart
-    (the old recipe), and the folder is left unchanged; a folder of unaffected rows is resumed."""
-    from nnunet_mona.benchmark.protocol_guard import check_same_protocol, protocol_key
-    for variable in ("nnUNet_mona_loss_weights", "nnUNet_mona_trainer_settings"):
-        monkeypatch.delenv(variable, raising=False)
-    key = protocol_key(_protocol_args(), "D", {}, "nnUNetPlans", {})
-    (tmp_path / "benchmark_protocol.json").write_text(json.dumps({**key, "trainer_defaults": 3}))
-    for name in on_disk:
-        os.makedirs(tmp_path / "labeled_3" / "nnUNet_results" / "Dataset001_D" / f"{name}__nnUNetPlans__2d")
-    before = (tmp_path / "benchmark_protocol.json").read_text()
-    if refused is None:
-        check_same_protocol(str(tmp_path), key)
-        return
-    with pytest.raises(BenchmarkError) as info:
-        check_same_protocol(str(tmp_path), key)
-    message = str(info.value)
-    assert refused in message and "nnUNetTrainerMeanTeacher_warmStart for" in message and "-o" in message, message
-    assert "_equivariance" not in message  # older changes than this folder
+    assert refused in message and old_recipe in message and "-o" in message, message
+    assert older_change not in message  # a change older than this folder
     assert (tmp_path / "benchmark_protocol.json").read_text() == before
 
 
