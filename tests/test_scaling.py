@@ -116,6 +116,30 @@ def test_missing_rows_read_not_run_and_seeds_average(tmp_path):
     assert "55.0 (2 seeds)" in markdown(report)
 
 
+def test_trend_is_the_least_squares_line_per_doubling_and_empty_rows_and_counts_are_left_out(tmp_path):
+    """Plain nnU-Net at 1000 / 2000 / 4000 (50, 54, 56 %): slope 3 points per doubling, its line at nnU-Net's
+    250 000 iterations 53.33 + 3 x (log2(250) - 1) = 74.2; a row with one budget has no trend; a line above 100 is
+    not printed as a number. A row measured at no budget, and a labeled count with only the shared ceiling, are not
+    in the markdown."""
+    import math
+    out = str(tmp_path)
+    for budget, dice in ((1000, 0.50), (2000, 0.54), (4000, 0.56)):
+        mt = 0.60 + 0.2 * math.log2(budget / 1000)  # +20 points per doubling: its line ends far above 100
+        _write_results(budget_folder(out, 0, budget), [_run(3, "nnUNetTrainerBudget", dice, budget // 50),
+                                                       _run(3, "nnUNetTrainerMeanTeacher_warmStart", mt, budget // 50),
+                                                       _run(70, "nnUNetTrainerBudget", 0.8, budget // 50)])
+    report = collect(out, _stamp(budgets=[1000, 2000, 4000], labeled=[1, 3]))
+    trend = report["trends"]["3"]["plain"]
+    assert trend["per_doubling"] == pytest.approx(3.0) and trend["budgets"] == [1000, 2000, 4000]
+    assert trend["at_nnunet_default"] == pytest.approx(53.3333 + 3.0 * (math.log2(250) - 1), abs=1e-3)
+    assert report["trends"]["3"]["self_training"] is None  # not run
+    md = markdown(report)
+    assert "| plain nnU-Net (nnUNetTrainerBudget) | 1000, 2000, 4000 | +3.00 | 74.2 |" in md
+    assert "| nnUNetTrainerMeanTeacher_warmStart | 1000, 2000, 4000 | +20.00 | above 100 |" in md
+    assert "offline self-training" not in md.split("## 3 labeled")[1]  # measured nowhere
+    assert "## 1 labeled" not in md  # only the ceiling, which every count shares
+
+
 def test_margins_pair_seeds_a_row_with_a_second_seed_is_not_set_against_one_seed_alone(tmp_path):
     """Mean Teacher has seeds 0 and 1, plain nnU-Net and the ceiling seed 0 only: the gain over plain is seed 0's
     difference (not the two-seed mean against seed 0), and the table names the seed it used."""
@@ -181,7 +205,8 @@ def test_report_only_writes_the_table_from_the_folder_and_trains_nothing(tmp_pat
         entry_point(["-o", out, "--report_only"])
     assert stop.value.code == 0 and "nothing trained" in capsys.readouterr().out
     md = open(os.path.join(out, "scaling.md")).read()
-    assert "| plain nnU-Net (nnUNetTrainerBudget) | 50.0 |" in md and "not run" in md
+    assert "| plain nnU-Net (nnUNetTrainerBudget) | 50.0 |" in md
+    assert "nnUNetTrainerMeanTeacher_warmStart" not in md  # a row of the stamp measured at no budget
     assert os.path.isfile(os.path.join(out, "scaling.png"))
 
 

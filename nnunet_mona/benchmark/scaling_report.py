@@ -107,7 +107,8 @@ def collect(output: str, stamp: dict) -> dict:
         tables[str(n)] = {row: {str(b): cell(output, seeds, row, b, n, ceiling, iterations, runs_cache)
                                 for b in budgets}
                           for row in rows}
-    return {"protocol": stamp, "tables": tables, "margins": {n: margins(t, budgets) for n, t in tables.items()}}
+    return {"protocol": stamp, "tables": tables, "margins": {n: margins(t, budgets) for n, t in tables.items()},
+            "trends": {n: {row: log_linear_trend(cells) for row, cells in t.items()} for n, t in tables.items()}}
 
 
 def _usable(c: Optional[dict]) -> Optional[float]:
@@ -196,7 +197,13 @@ def markdown(report: dict) -> str:
              f"and is left out of the margins",
              "- commands: " + "; ".join(f"`{c}`" for c in p.get("commands", [])), ""]
     flagged = []
-    for n, table in report["tables"].items():
+    for n, all_rows in report["tables"].items():
+        # rows with nothing at this labeled count are left out; so is a count where only the ceiling (shared by
+        # every count) was measured
+        table = {row: cells for row, cells in all_rows.items()
+                 if any(c["status"] != "not run" for c in cells.values())}
+        if not set(table) - {CEILING}:
+            continue
         lines += [f"## {n} labeled patient(s): mean Dice (%)", "", head, rule]
         for row, cells in table.items():
             lines.append(f"| {row_label(row, p['ceiling_labeled'])} | " +
@@ -210,6 +217,8 @@ def markdown(report: dict) -> str:
         lines += ["", f"### {n} labeled: margins (Dice points; gap = share of plain -> ceiling closed; each over "
                       f"the seeds both rows have, named where the row has more)", "", head, rule]
         for row, per_budget in report["margins"][n].items():
+            if row not in table or all(m["over_plain"] is None for m in per_budget.values()):
+                continue
             texts = []
             for b in budgets:
                 m = per_budget[str(b)]
@@ -223,6 +232,8 @@ def markdown(report: dict) -> str:
         for row, cells in table.items():
             lines.append(f"| {row_label(row, p['ceiling_labeled'])} | " +
                          " | ".join(_seconds(cells[str(b)].get("training_seconds")) for b in budgets) + " |")
+        lines += _trend_lines(n, {row: t for row, t in report["trends"][n].items() if t and row in table},
+                              p["ceiling_labeled"])
         lines.append("")
     if flagged:
         lines += [f"## {FLAG} Rows trained with another total than their budget", ""] + [f"- {f}" for f in flagged]
@@ -262,12 +273,34 @@ def figure(report: dict, path: str) -> None:
     plt.close(fig)
 
 
-def per_doubling(cells: Dict[str, dict]) -> Optional[float]:
-    """Least-squares slope of Dice (points) per doubling of the budget over the unflagged cells (>= 2 budgets)."""
+NNUNET_DEFAULT_ITERATIONS = 1000 * 250  # nnU-Net's 1000 epochs x 250 iterations
+
+
+def log_linear_trend(cells: Dict[str, dict]) -> Optional[dict]:
+    """Least-squares line of Dice (points) against log2(budget) over the unflagged cells of one row (None below 2
+    budgets): ``per_doubling`` (its slope), the ``budgets`` fitted, and ``at_nnunet_default``, the line's value at
+    nnU-Net's default budget. A trend of the measured range only: every row must bend below its ceiling."""
     points = [(math.log2(int(b)), 100 * c["dice"]) for b, c in cells.items() if _usable(c) is not None]
     if len(points) < 2:
         return None
     mx = sum(x for x, _ in points) / len(points)
     my = sum(y for _, y in points) / len(points)
     sxx = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else None
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return {"per_doubling": slope, "budgets": sorted(int(b) for b, c in cells.items() if _usable(c) is not None),
+            "at_nnunet_default": my + slope * (math.log2(NNUNET_DEFAULT_ITERATIONS) - mx)}
+
+
+def _trend_lines(n: str, trends: Dict[str, dict], ceiling_labeled: int) -> List[str]:
+    if not trends:
+        return []
+    lines = ["", f"### {n} labeled: log-linear trend (Dice points per doubling of B, fitted on the budgets "
+                 f"measured; its value at nnU-Net's {NNUNET_DEFAULT_ITERATIONS} iterations ignores that every row "
+                 f"must bend below the ceiling: a trend, not a forecast)", "",
+             "| row | budgets fitted | per doubling | line at B = {} |".format(NNUNET_DEFAULT_ITERATIONS),
+             "|---|---|---:|---:|"]
+    for row, t in trends.items():
+        value = t["at_nnunet_default"]
+        lines.append(f"| {row_label(row, ceiling_labeled)} | {', '.join(map(str, t['budgets']))} | "
+                     f"{t['per_doubling']:+.2f} | {f'{value:.1f}' if value <= 100 else 'above 100'} |")
+    return lines
