@@ -66,7 +66,7 @@ def check_trainers(trainers: Sequence[str]) -> Dict[str, str]:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     if len(set(trainers)) != len(trainers):
         raise BenchmarkError(f"Duplicate trainer names in --trainers: {list(trainers)}")
-    found, unknown, fixed_budget = {}, [], []
+    found, unknown, fixed_budget, named_epochs = {}, [], [], []
     for t in trainers:
         try:
             with contextlib.redirect_stdout(io.StringIO()):
@@ -77,9 +77,14 @@ def check_trainers(trainers: Sequence[str]) -> Dict[str, str]:
         found[t] = cls.__module__
         if not cls.__module__.startswith("nnunet_mona."):
             fixed_budget.append(t)
+        elif getattr(cls, "epochs_from_name", None):
+            named_epochs.append(t)
     if unknown:
         raise BenchmarkError(f"Unknown trainer(s): {unknown}. nnU-Net's trainer lookup (with nnUNet_extTrainer="
                              f"{os.environ.get('nnUNet_extTrainer')}) cannot find them. Check the spelling.")
+    if named_epochs:
+        raise BenchmarkError(f"Trainer(s) {named_epochs} fix their epoch count by name; the benchmark sets it with "
+                             f"--epochs for every row: name the trainers without the _<N>epochs suffix.")
     if fixed_budget:
         raise BenchmarkError(f"Trainer(s) {fixed_budget} do not read nnUNet_mona_epochs / nnUNet_mona_iterations and "
                              f"would train nnU-Net's own budget. For plain nnU-Net use nnUNetTrainerBudget.")

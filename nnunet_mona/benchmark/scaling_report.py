@@ -297,7 +297,7 @@ def _trend_lines(n: str, trends: Dict[str, dict], ceiling_labeled: int) -> List[
     lines = ["", f"### {n} labeled: log-linear trend (Dice points per doubling of B, fitted on the budgets "
                  f"measured; its value at nnU-Net's {NNUNET_DEFAULT_ITERATIONS} iterations ignores that every row "
                  f"must bend below the ceiling: a trend, not a forecast)", "",
-             "| row | budgets fitted | per doubling | line at B = {} |".format(NNUNET_DEFAULT_ITERATIONS),
+             f"| row | budgets fitted | per doubling | line at B = {NNUNET_DEFAULT_ITERATIONS} |",
              "|---|---|---:|---:|"]
     for row, t in trends.items():
         value = t["at_nnunet_default"]

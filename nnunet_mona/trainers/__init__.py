@@ -1,5 +1,7 @@
-"""nnU-Net trainer classes of nnunet_mona (re-exported by ext_trainers/ for nnU-Net's lookup)."""
+"""nnU-Net trainer classes of nnunet_mona (re-exported by ext_trainers/ for nnU-Net's lookup), and their
+``<trainer>_<N>epochs`` variants, made on first use (epoch_variants)."""
 from nnunet_mona.trainers.budget import nnUNetTrainerBudget
+from nnunet_mona.trainers.epoch_variants import epochs_variant
 from nnunet_mona.trainers.mean_teacher import (nnUNetTrainerMeanTeacher, nnUNetTrainerMeanTeacher_MSE,
                                              nnUNetTrainerMeanTeacher_classBalanced,
                                              nnUNetTrainerMeanTeacher_warmStart,
@@ -60,3 +62,13 @@ __all__ = ["nnUNetTrainerBudget", "nnUNetTrainerSemiSupervised", "nnUNetTrainerM
            "nnUNetTrainerMONAPretrain", "nnUNetTrainerACTIONPretrainEncoder", "nnUNetTrainerACTIONPretrain",
            "nnUNetTrainerACTION", "nnUNetTrainerACTION_noHardNegatives", "nnUNetTrainerACTION_noHardQueries",
            "nnUNetTrainerACTION_logGradientNorms"]
+
+
+def __getattr__(name: str) -> type:
+    """``<trainer>_<N>epochs`` for a trainer of ``__all__`` (trainers.epoch_variants); nnU-Net's lookup and
+    pickling reach it by name like any class here."""
+    trainers = {n: globals()[n] for n in __all__ if n != "nnUNetTrainerSemiSupervised"}
+    cls = epochs_variant(name, trainers)
+    if cls is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return cls
