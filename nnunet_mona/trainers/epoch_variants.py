@@ -18,8 +18,10 @@ from typing import Dict, Optional
 
 import torch
 
+from nnunet_mona.trainers.budget import BUDGET_VARIABLES
+
 EPOCHS_SUFFIX = re.compile(r"^(?P<base>nnUNetTrainer\w*?)_(?P<epochs>[1-9][0-9]*)epochs$")
-EPOCHS_VARIABLE = "nnUNet_mona_epochs"  # as trainers.budget.BUDGET_VARIABLES (the benchmarks' budget)
+EPOCHS_VARIABLE = next(v for v, attribute in BUDGET_VARIABLES.items() if attribute == "num_epochs")
 _MADE: Dict[str, type] = {}  # one class per name: nnU-Net's lookup and pickling find the same object
 
 
