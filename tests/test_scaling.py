@@ -1,7 +1,7 @@
 """nnUNetv2_mona_scaling: the plan (budgets, rows, folders), the measured totals and their flags, the report's
 margins, refusals before any work, and one tiny end-to-end run on CPU (two budgets: plain nnU-Net, offline
-self-training, the warm-started Mean Teacher and the full-supervision ceiling), resumed, then refused for another
-protocol."""
+self-training, the warm-started Mean Teacher and the full-supervision ceiling), previewed with --dry_run before and
+after, resumed, then refused for another protocol."""
 import json
 import os
 import subprocess
@@ -249,6 +249,8 @@ def test_bad_input_is_refused_before_any_work(scaling_dataset, tmp_path):
 
 def test_scaling_end_to_end_resume_and_protocol_refusal(scaling_dataset, tmp_path):
     output = str(tmp_path / "scaling")
+    dry = run_cmd(_scaling_cmd(output, "--dry_run"), timeout=300, env=_env())
+    assert "8 of 8 cells to train, 48 training iterations" in dry and not os.path.exists(output), dry[-3000:]
     first = run_cmd(_scaling_cmd(output), timeout=1800, env=_env())
     for name in ("scaling.json", "scaling.md", "scaling.png", "scaling_protocol.json"):
         assert os.path.isfile(os.path.join(output, name)), (name, first[-3000:])
@@ -271,6 +273,8 @@ def test_scaling_end_to_end_resume_and_protocol_refusal(scaling_dataset, tmp_pat
     md = open(os.path.join(output, "scaling.md")).read()
     assert "| plain nnU-Net, 4 labeled (ceiling) |" in md and FLAG + " Rows trained" not in md
 
+    dry = run_cmd(_scaling_cmd(output, "--dry_run"), timeout=300, env=_env())
+    assert "0 of 8 cells to train" in dry and dry.count("[done]") == 8, dry[-3000:]
     again = run_cmd(_scaling_cmd(output), timeout=600, env=_env())
     assert again.count("RESUMED: every step was already complete, nothing was run") == 6, again[-3000:]
     assert json.load(open(os.path.join(output, "scaling.json")))["tables"] == report["tables"]

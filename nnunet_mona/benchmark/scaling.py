@@ -24,6 +24,7 @@ from nnunet_mona.benchmark.presets import PRESETS, apply_preset
 from nnunet_mona.benchmark.processes import BenchmarkError, say
 from nnunet_mona.benchmark.scaling_plan import (CEILING, DEFAULT_ROWS, KEYWORDS, check_budgets, check_rows,
                                                 invocations, trainer_rows)
+from nnunet_mona.benchmark.scaling_preview import measured_rates, plan_cells, preview_lines
 from nnunet_mona.benchmark.scaling_report import budget_folder, collect, figure, markdown
 
 STAMP = "scaling_protocol.json"
@@ -55,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report_only", action="store_true",
                         help="train nothing: write scaling.md / .json / .png from what the folder -o holds (e.g. while "
                              "its trainings still run)")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="train nothing: check the options, then list every cell of the command (done, "
+                             "interrupted, to train) with the time left at the rates this folder measured")
     parser.add_argument("--iterations", type=int, default=None,
                         help="training iterations per epoch. Default: the preset's, else nnU-Net's 250")
     parser.add_argument("--rows", nargs="+", default=list(DEFAULT_ROWS),
@@ -218,10 +222,15 @@ def run(args, argv: List[str]) -> int:
     stamp = _stamp(args, view, dataset_name, budgets, rows)
     stamp.update(benchmark_options=options, commands=["nnUNetv2_mona_scaling " + " ".join(options)])
     stamp = merge_stamp(output, stamp)
+    calls = invocations(budgets, rows, view.labeled, args.ceiling_labeled, view.iterations)
+    if args.dry_run:
+        for line in preview_lines(output, plan_cells(output, view.seed, calls, view.iterations),
+                                  measured_rates(output)):
+            say(line)
+        return 0
     os.makedirs(output, exist_ok=True)
     save_json(stamp, os.path.join(output, STAMP))
 
-    calls = invocations(budgets, rows, view.labeled, args.ceiling_labeled, view.iterations)
     env = dict(os.environ, nnUNet_mona_save_every=str(max(1, round(args.checkpoint_every / view.iterations))))
     failed = []
     for i, call in enumerate(calls, 1):
