@@ -256,6 +256,21 @@ def _bench_env():
     return env
 
 
+def test_benchmark_trainings_skip_nnunets_own_final_validation_unless_kept(monkeypatch):
+    """nnUNetv2_train's validation predicts the split's validation cases, which the benchmark never reads (it scores
+    its own evaluation set): its trainings skip it, unless the user's environment keeps it."""
+    import argparse
+    from nnunet_mona.benchmark.layout import Layout
+    from nnunet_mona.benchmark.run_benchmark import Benchmark
+    args = argparse.Namespace(epochs=2, iterations=3, val_iterations=None, seed=None)
+    bench = Benchmark(args, Layout("/out", "Dataset1_X"), "/img", "/lab", ["c1"], [1], ["a"])
+    monkeypatch.delenv("nnUNet_mona_skip_validation", raising=False)
+    env = bench.env_for(1, "/out/labeled_1/nnUNet_results")
+    assert env["nnUNet_mona_skip_validation"] == "1" and env["nnUNet_mona_epochs"] == "2"
+    monkeypatch.setenv("nnUNet_mona_skip_validation", "0")
+    assert bench.env_for(1, "/out/labeled_1/nnUNet_results")["nnUNet_mona_skip_validation"] == "0"
+
+
 def test_unknown_trainer_and_missing_split_fail_fast(benchmark_dataset, tmp_path):
     import subprocess
     from nnunet_mona.benchmark.preparation import check_trainers

@@ -83,6 +83,9 @@ class Benchmark:
             env["nnUNet_mona_seed"] = str(a.seed)
         # spinning OpenMP threads steal the cores of the augmentation workers (and of a parallel row) on a CPU
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # nnUNetv2_train's final validation predicts the split's validation cases, which the benchmark never reads
+        # (it predicts and scores its own evaluation set); exporting nnUNet_mona_skip_validation=0 keeps it
+        env.setdefault("nnUNet_mona_skip_validation", "1")
         return env
 
     def _ran(self, step: str) -> None:
