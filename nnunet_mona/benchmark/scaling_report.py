@@ -246,16 +246,22 @@ def figure(report: dict, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     p = report["protocol"]
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for n, table in report["tables"].items():
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    markers, colours = "os^Dv", plt.get_cmap("tab20").colors
+    rows = list(dict.fromkeys(row for table in report["tables"].values() for row in table))
+    ceiling_drawn = False  # the ceiling is one model for every labeled count: one line
+    for i, (n, table) in enumerate(report["tables"].items()):
         for row, cells in table.items():
             points = [(int(b), 100 * c["dice"]) for b, c in cells.items() if c["status"] == "ok"]
-            if not points:
+            if not points or (row == CEILING and ceiling_drawn):
                 continue
+            ceiling_drawn = ceiling_drawn or row == CEILING
             points.sort()
             style = "--" if row == CEILING else "-"
             label = row_label(row, p["ceiling_labeled"]) + ("" if row == CEILING else f", {n} labeled")
-            ax.plot(*zip(*points), style, marker="o", label=label)
+            # colour: the row; marker: the labeled count
+            ax.plot(*zip(*points), style, marker=markers[i % len(markers)], color=colours[rows.index(row) % 20],
+                    label=label)
             for b, c in cells.items():
                 if c["status"] == "ok" and c["flagged"]:
                     ax.annotate(FLAG, (int(b), 100 * c["dice"]), color="red")
@@ -267,7 +273,7 @@ def figure(report: dict, path: str) -> None:
                  f"{p['ceiling_labeled']} labeled")
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_lines():
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
