@@ -38,7 +38,7 @@ def test_cells_are_done_interrupted_or_to_train_and_the_time_left_uses_measured_
     _record(out, 4, 1, "nnUNetTrainerBudget", 0.3)
     _record(out, 4, 1, "nnUNetTrainerBudget_other", 9.0)  # another trainer's rate is not used
     calls = invocations([8], ["plain", "self_training", MT, "ceiling"], [1], 4, iterations=2)
-    cells = plan_cells(out, 0, calls, iterations=2)
+    cells = plan_cells(out, 0, calls)
     status = {(c.folder_budget, c.n_labeled, c.row): (c.status, c.iterations_left) for c in cells}
     assert status == {(8, 1, "nnUNetTrainerBudget"): ("done", 0),
                       (8, 1, MT): ("interrupted", 8),
@@ -59,6 +59,6 @@ def test_everything_done_leaves_nothing_to_train(tmp_path):
     _touch(os.path.join(budget_folder(out, 0, 8), "labeled_1", "metrics", "nnUNetTrainerBudget.json"))
     _touch(os.path.join(budget_folder(out, 0, 4), "labeled_1", "self_training", "metrics",
                         "nnUNetTrainerBudget.json"))
-    cells = plan_cells(out, 0, invocations([8], ["plain", "self_training"], [1], None, iterations=2), iterations=2)
+    cells = plan_cells(out, 0, invocations([8], ["plain", "self_training"], [1], None, iterations=2))
     assert [c.status for c in cells] == ["done", "done"]
     assert preview_lines(out, cells, {})[-1].startswith("0 of 2 cells to train, 0 training iterations (")

@@ -224,7 +224,7 @@ def run(args, argv: List[str]) -> int:
     stamp = merge_stamp(output, stamp)
     calls = invocations(budgets, rows, view.labeled, args.ceiling_labeled, view.iterations)
     if args.dry_run:
-        for line in preview_lines(output, plan_cells(output, view.seed, calls, view.iterations),
+        for line in preview_lines(output, plan_cells(output, view.seed, calls),
                                   measured_rates(output)):
             say(line)
         return 0

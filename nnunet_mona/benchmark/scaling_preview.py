@@ -14,7 +14,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_mona.benchmark.layout import Layout
+from nnunet_mona.benchmark.layout import Layout, RunPaths
 from nnunet_mona.benchmark.scaling_plan import Invocation
 from nnunet_mona.benchmark.scaling_report import budget_folder
 from nnunet_mona.benchmark.self_training import BASE_TRAINER, SELF_TRAINING
@@ -47,39 +47,33 @@ def measured_rates(output: str) -> Dict[str, float]:
     return {t: statistics.median(v) for t, v in rates.items()}
 
 
-def _unfinished_training(results_root: str, trainer: str) -> bool:
-    """A training of ``trainer`` below ``results_root`` that left checkpoint_latest.pth but no checkpoint_final.pth."""
-    for folder in glob.glob(os.path.join(results_root, "*", f"{trainer}__*", "fold_*")):
-        if os.path.isfile(os.path.join(folder, "checkpoint_latest.pth")) and \
-                not os.path.isfile(os.path.join(folder, "checkpoint_final.pth")):
-            return True
-    return False
+def _unfinished_training(paths: RunPaths, stage: str) -> bool:
+    """A training of ``stage`` that left checkpoint_latest.pth but no checkpoint_final.pth."""
+    return any(os.path.isfile(os.path.join(folder, "checkpoint_latest.pth")) and
+               not os.path.isfile(os.path.join(folder, "checkpoint_final.pth"))
+               for folder in glob.glob(paths.fold_folder(stage)))
 
 
-def _plain_model_exists(layout: Layout, n: int) -> bool:
-    root = layout.run_paths(n, BASE_TRAINER).results_root
-    return bool(glob.glob(os.path.join(root, "*", f"{BASE_TRAINER}__*", "fold_*", "checkpoint_final.pth")))
-
-
-def plan_cells(output: str, seed, calls: Sequence[Invocation], iterations: int) -> List[PlannedCell]:
+def plan_cells(output: str, seed, calls: Sequence[Invocation]) -> List[PlannedCell]:
     """Every cell of ``calls`` with its status and the training iterations it still needs."""
     cells = []
     for call in calls:
-        # the dataset name only enters nnU-Net's results paths, which are globbed here
-        layout = Layout(budget_folder(output, seed, call.folder_budget), dataset_name="*")
+        # wildcards for what only enters nnU-Net's results folder names (the benchmark may train a plans copy)
+        layout = Layout(budget_folder(output, seed, call.folder_budget), dataset_name="*", configuration="*",
+                        plans="*", fold="*")
         for n in call.labeled:
+            plain = layout.run_paths(n, BASE_TRAINER)
             for row in call.trainers:
                 paths = layout.run_paths(n, row)
                 trainings = 2 if row == SELF_TRAINING else 1
                 if os.path.isfile(paths.metrics):
                     status, left = "done", 0
-                elif _unfinished_training(paths.results_root, paths.final) or (
-                        row == SELF_TRAINING and _unfinished_training(layout.run_paths(n, BASE_TRAINER).results_root,
-                                                                      BASE_TRAINER)):
+                elif _unfinished_training(paths, paths.final) or (
+                        row == SELF_TRAINING and _unfinished_training(plain, BASE_TRAINER)):
                     status, left = "interrupted", trainings * call.folder_budget
                 else:
                     status, left = "to train", trainings * call.folder_budget
-                if row == SELF_TRAINING and status != "done" and _plain_model_exists(layout, n):
+                if row == SELF_TRAINING and status != "done" and glob.glob(plain.final_checkpoint(BASE_TRAINER)):
                     left -= call.folder_budget  # its first training is the folder's finished plain row
                 rate_trainer = BASE_TRAINER if row == SELF_TRAINING else paths.final
                 cells.append(PlannedCell(call.folder_budget, n, row, status, left, rate_trainer))
