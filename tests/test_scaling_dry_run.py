@@ -48,7 +48,7 @@ def test_cells_are_done_interrupted_or_to_train_and_the_time_left_uses_measured_
     assert rates["nnUNetTrainerBudget"] == 0.4 and MT not in rates  # median of 0.5 and 0.3
     lines = preview_lines(out, cells, rates)
     assert any("[done]" in line and "nnUNetTrainerBudget" in line for line in lines)
-    assert any(MT in line and "at most 8 iterations" in line and "no training of it measured" in line
+    assert any(MT in line and "at most 8 iterations" in line and "no training of it or of another variant" in line
                for line in lines)
     assert lines[-1].startswith("3 of 4 cells to train, 20 training iterations")
     assert f"plus 1 cell(s) of unknown rate ({MT})" in lines[-1]
@@ -62,3 +62,15 @@ def test_everything_done_leaves_nothing_to_train(tmp_path):
     cells = plan_cells(out, 0, invocations([8], ["plain", "self_training"], [1], None, iterations=2))
     assert [c.status for c in cells] == ["done", "done"]
     assert preview_lines(out, cells, {})[-1].startswith("0 of 2 cells to train, 0 training iterations (")
+
+
+def test_a_variant_never_trained_in_the_folder_is_estimated_from_the_other_variants_of_its_trainer(tmp_path):
+    out = str(tmp_path)
+    _record(out, 8, 1, "nnUNetTrainerMeanTeacher_randomStart", 0.6)
+    _record(out, 4, 1, "nnUNetTrainerMeanTeacher_noAlignment", 0.8)
+    _record(out, 4, 1, "nnUNetTrainerMeanTeacherX", 9.0)  # another trainer, not a variant
+    cells = plan_cells(out, 0, invocations([8], ["nnUNetTrainerMeanTeacher_warmStart25"], [1], None, iterations=2))
+    lines = preview_lines(out, cells, measured_rates(out))
+    assert "at 0.70 s/iteration (measured for other nnUNetTrainerMeanTeacher variants)" in lines[1], lines
+    assert lines[-1].startswith("1 of 1 cells to train, 8 training iterations, about 0 min at the rates measured")
+    assert "(1 cell(s) at the rate of other variants of their trainer)" in lines[-1] and "unknown" not in lines[-1]

@@ -5,14 +5,16 @@ cells are done, which trainings an earlier run left unfinished, and the time the
 written or checked beyond the folder's files: every cell of the benchmark calls is looked up in its budget folder
 (a cell is done when its metrics file exists, as the benchmark itself decides), and the time left is the iterations
 still to train times the seconds per iteration that this folder's finished trainings of the same trainer measured
-(their median; plain nnU-Net's rate for the ceiling and for self-training, which trains plain nnU-Net twice).
+(their median; plain nnU-Net's rate for the ceiling and for self-training, which trains plain nnU-Net twice). A
+variant never trained in the folder (``nnUNetTrainerMeanTeacher_warmStart25``) is estimated from the other variants of
+its trainer measured there (every ``nnUNetTrainerMeanTeacher*``), and its line says so.
 """
 import glob
 import json
 import os
 import statistics
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_mona.benchmark.layout import Layout, RunPaths
 from nnunet_mona.benchmark.scaling_plan import Invocation
@@ -45,6 +47,14 @@ def measured_rates(output: str) -> Dict[str, float]:
         if trainer and rate:
             rates.setdefault(trainer, []).append(float(rate))
     return {t: statistics.median(v) for t, v in rates.items()}
+
+
+def variant_family_rate(rates: Dict[str, float], trainer: str) -> Optional[Tuple[float, str]]:
+    """(median rate, family) of the measured variants of ``trainer``'s base name (the name before its first '_'),
+    for a variant that has no measured rate of its own; None when none of them was measured either."""
+    family = trainer.split("_")[0]
+    others = [r for t, r in rates.items() if t != trainer and t.split("_")[0] == family]
+    return (statistics.median(others), family) if others else None
 
 
 def _unfinished_training(paths: RunPaths, stage: str) -> bool:
@@ -87,19 +97,23 @@ def _hours(seconds: float) -> str:
 def preview_lines(output: str, cells: Sequence[PlannedCell], rates: Dict[str, float]) -> List[str]:
     """The dry run's report: one line per cell, then the totals."""
     lines = [f"dry run of {output}: nothing is trained; cells in the order they would run"]
-    known_seconds, unknown = 0.0, []
+    known_seconds, unknown, borrowed = 0.0, [], 0
     for c in cells:
         what = f"budget folder {c.folder_budget}, N = {c.n_labeled}: {c.row}"
         if c.status == "done":
             lines.append(f"  [done]        {what}")
             continue
         rate: Optional[float] = rates.get(c.rate_trainer)
+        source = ""
+        if rate is None and variant_family_rate(rates, c.rate_trainer) is not None:
+            rate, family = variant_family_rate(rates, c.rate_trainer)
+            source, borrowed = f" (measured for other {family} variants)", borrowed + 1
         if rate is None:
             unknown.append(c.row)
-            estimate = "no training of it measured in this folder yet"
+            estimate = "no training of it or of another variant of its trainer measured in this folder yet"
         else:
             known_seconds += rate * c.iterations_left
-            estimate = f"about {_hours(rate * c.iterations_left)} at {rate:.2f} s/iteration"
+            estimate = f"about {_hours(rate * c.iterations_left)} at {rate:.2f} s/iteration{source}"
         bound = "at most " if c.status == "interrupted" else ""
         note = " (continues from checkpoint_latest.pth)" if c.status == "interrupted" else ""
         lines.append(f"  [{c.status}] {' ' * (11 - len(c.status))}{what}: {bound}{c.iterations_left} iterations, "
@@ -109,6 +123,8 @@ def preview_lines(output: str, cells: Sequence[PlannedCell], rates: Dict[str, fl
     summary = f"{len(left)} of {len(cells)} cells to train, {total} training iterations"
     if left:
         summary += f", about {_hours(known_seconds)} at the rates measured in this folder"
+        if borrowed:
+            summary += f" ({borrowed} cell(s) at the rate of other variants of their trainer)"
         if unknown:
             summary += f" plus {len(unknown)} cell(s) of unknown rate ({', '.join(dict.fromkeys(unknown))})"
     lines.append(summary + " (training only; prediction and scoring add a little per cell)")
