@@ -13,6 +13,9 @@ import sys
 # they wait steal the cores of nnU-Net's augmentation workers and of parallel test processes (on 2 cores beside
 # another job a small forward/backward is about ten times slower spinning than passive)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# no test reads the validation nnUNetv2_train runs after training (it spawns export and scoring processes, most of a
+# tiny training's time) except the ones about that validation, which set nnUNet_mona_skip_validation=0
+os.environ.setdefault("nnUNet_mona_skip_validation", "1")
 
 import pytest  # noqa: E402
 

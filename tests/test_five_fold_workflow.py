@@ -1,11 +1,13 @@
 """nnU-Net's whole workflow with the semi-supervised trainers, every step through the stock console command:
-nnUNetv2_train D 2d F --npz (folds 0-4, plain nnU-Net and Mean Teacher) -> nnUNetv2_find_best_configuration ->
-nnUNetv2_predict -f 0 1 2 3 4 (student; the Mean Teacher also with -chk checkpoint_final_teacher.pth) ->
+nnUNetv2_train D 2d F --npz (plain nnU-Net and Mean Teacher) -> nnUNetv2_find_best_configuration ->
+nnUNetv2_predict -f ... (student; the Mean Teacher also with -chk checkpoint_final_teacher.pth) ->
 nnUNetv2_ensemble -> nnUNetv2_apply_postprocessing; and the bad inputs of that workflow (a checkpoint a trainer never
 writes, a fold without --npz probabilities, prediction folders without probabilities), with what nnU-Net says and
 what ``nnUNetv2_mona_check_folds`` says.
 
-The split is nnU-Net's own default 5-fold split of the labeled cases (imagesTr), made by the first training. The
+The split is nnU-Net's own default 5-fold split of the labeled cases (imagesTr), made by the first training; folds 0
+and 1 of it are trained and passed on with ``-f 0 1`` (every fold trains the same way: two show the shared pool, the
+cross-validation over folds and the fold ensembles at two fifths of the trainings). The
 unlabeled images are shared across all folds: they lie in imagesUnlabeled/, are preprocessed once into the sibling
 folder nnUNetPlans_2d_unlabeled (never into the labeled folder, so the split never sees them), and every fold's
 trainer reads that whole folder as its unlabeled pool; each Mean Teacher fold's training log shows the pool size.
@@ -33,10 +35,11 @@ NAME = f"Dataset{FIVE_FOLD_ID}_MonaFiveFold"
 BIN = os.path.dirname(sys.executable)
 PLAIN, MEAN_TEACHER = "nnUNetTrainerBudget", "nnUNetTrainerMeanTeacher"
 TRAINERS = (PLAIN, MEAN_TEACHER)
-FOLDS = ("0", "1", "2", "3", "4")
+FOLDS = ("0", "1")  # of the 5-fold split; -f for every command that takes folds
 TEACHER = "checkpoint_final_teacher.pth"
 BUDGET = {"nnUNet_mona_epochs": "1", "nnUNet_mona_iterations": "2", "nnUNet_mona_val_iterations": "1",
-          "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"}
+          "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1",
+          "nnUNet_mona_skip_validation": "0"}  # the validation probabilities are what find_best_configuration reads
 
 
 def _env(**extra):
@@ -84,13 +87,13 @@ def five_folds(nnunet_dirs):
             run_cmd([_cmd("nnUNetv2_train"), str(FIVE_FOLD_ID), "2d", fold, "-tr", trainer, "--npz", "-device", "cpu"],
                     env=_env())
     best = run_cmd([_cmd("nnUNetv2_find_best_configuration"), str(FIVE_FOLD_ID), "-c", "2d", "-tr", *TRAINERS,
-                    "-np", "1"], env=_env())
+                    "-f", *FOLDS, "-np", "1"], env=_env())
     return {"roles": roles, "find_best_output": best, **nnunet_dirs}
 
 
 @pytest.fixture(scope="module")
 def predictions(five_folds, tmp_path_factory):
-    """The test images predicted with all five folds of each trainer (--save_probabilities, for the ensemble), with
+    """The test images predicted with the trained folds of each trainer (--save_probabilities, for the ensemble), with
     the Mean Teacher's teacher (no probabilities), the two trainers ensembled, and the winner of find_best_configuration
     post-processed with its postprocessing.pkl."""
     ds, out = five_folds, tmp_path_factory.mktemp("five_fold_predictions")
@@ -155,16 +158,16 @@ def test_find_best_configuration_outputs(five_folds):
     assert 1 <= len(chosen) <= 2 and all(m["trainer"] in TRAINERS and m["configuration"] == "2d" for m in chosen)
     instructions = open(os.path.join(root, "inference_instructions.txt")).read()
     for m in chosen:
-        assert f"-tr {m['trainer']} -c 2d" in instructions and "-f  0 1 2 3 4" in instructions, instructions
+        assert f"-tr {m['trainer']} -c 2d" in instructions and f"-f  {' '.join(FOLDS)}" in instructions, instructions
     assert ("nnUNetv2_ensemble" in instructions) == (len(chosen) == 2)
     assert "nnUNetv2_apply_postprocessing" in instructions and best["postprocessing_file"] in instructions
     with open(best["postprocessing_file"], "rb") as f:
         pp_functions, pp_kwargs = pickle.load(f)
     assert len(pp_functions) == len(pp_kwargs)
-    # both trainers were cross-validated and ensembled on all five folds
+    # both trainers were cross-validated and ensembled on the trained folds
     for trainer in TRAINERS:
-        assert os.path.isfile(os.path.join(_model_folder(ds["results"], trainer), "crossval_results_folds_0_1_2_3_4",
-                                           "summary.json"))
+        crossval = f"crossval_results_folds_{'_'.join(FOLDS)}"
+        assert os.path.isfile(os.path.join(_model_folder(ds["results"], trainer), crossval, "summary.json"))
     ensembles = os.listdir(os.path.join(root, "ensembles"))
     assert len(ensembles) == 1 and all(t in ensembles[0] for t in TRAINERS), ensembles
     assert set(info["all_results"]) == {os.path.basename(_model_folder(root, t)) for t in TRAINERS} | set(ensembles)
@@ -183,11 +186,11 @@ def test_predict_ensemble_and_postprocess(five_folds, predictions):
 def test_check_folds_passes_on_the_trained_folds(five_folds, predictions):
     """nnUNetv2_mona_check_folds finds nothing missing where the workflow above ran."""
     out = run_cmd([_cmd("nnUNetv2_mona_check_folds"), "-d", str(FIVE_FOLD_ID), "-c", "2d", "-tr", *TRAINERS,
-                   "--npz", "--predictions", predictions["folders"][PLAIN], predictions["folders"][MEAN_TEACHER]],
-                  env=_env())
-    assert "OK: folds 0 1 2 3 4 of nnUNetTrainerBudget, nnUNetTrainerMeanTeacher" in out, out
-    out = run_cmd([_cmd("nnUNetv2_mona_check_folds"), "-d", str(FIVE_FOLD_ID), "-tr", MEAN_TEACHER, "-chk", TEACHER],
-                  env=_env())
+                   "-f", *FOLDS, "--npz", "--predictions", predictions["folders"][PLAIN],
+                   predictions["folders"][MEAN_TEACHER]], env=_env())
+    assert f"OK: folds {' '.join(FOLDS)} of nnUNetTrainerBudget, nnUNetTrainerMeanTeacher" in out, out
+    out = run_cmd([_cmd("nnUNetv2_mona_check_folds"), "-d", str(FIVE_FOLD_ID), "-tr", MEAN_TEACHER, "-f", *FOLDS,
+                   "-chk", TEACHER], env=_env())
     assert "OK:" in out, out
 
 
@@ -205,7 +208,8 @@ def test_teacher_checkpoint_of_a_trainer_without_teacher(five_folds, predictions
     assert sorted(os.listdir(out_folder)) == before
     assert all(filecmp.cmp(os.path.join(out_folder, f), os.path.join(predictions["folders"][PLAIN], f), shallow=False)
                for f in before)
-    report = _run_failing([_cmd("nnUNetv2_mona_check_folds"), "-d", str(FIVE_FOLD_ID), "-tr", PLAIN, "-chk", TEACHER])
+    report = _run_failing([_cmd("nnUNetv2_mona_check_folds"), "-d", str(FIVE_FOLD_ID), "-tr", PLAIN, "-f", *FOLDS,
+                           "-chk", TEACHER])
     for fold in FOLDS:
         assert f"fold {fold} of {PLAIN}" in report, report
     assert "writes no teacher checkpoint" in report and "checkpoint_final.pth (leave out -chk)" in report
@@ -218,7 +222,7 @@ def test_fold_without_npz(five_folds, tmp_path):
     results = tmp_path / "results"
     shutil.copytree(os.path.join(five_folds["results"], NAME), results / NAME)
     env = _env(nnUNet_results=str(results))
-    validation = _model_folder(str(results), MEAN_TEACHER) + "/fold_2/validation"
+    validation = _model_folder(str(results), MEAN_TEACHER) + "/fold_1/validation"
     for f in os.listdir(validation):
         if f.endswith(".npz"):
             os.remove(os.path.join(validation, f))
@@ -227,18 +231,18 @@ def test_fold_without_npz(five_folds, tmp_path):
     ensembles = {f: os.path.getmtime(os.path.join(dp, f)) for dp, _, fs in os.walk(results / NAME / "ensembles")
                  for f in fs}
     message = _run_failing([_cmd("nnUNetv2_find_best_configuration"), str(FIVE_FOLD_ID), "-c", "2d",
-                            "-tr", *TRAINERS, "-np", "1"], env=env)
+                            "-tr", *TRAINERS, "-f", *FOLDS, "-np", "1"], env=env)
     assert f"No .npz files found in folder {validation}" in message and "--val --npz" in message, message[-2000:]
     assert {f: open(results / NAME / f, "rb").read() for f in kept} == kept
     assert {f: os.path.getmtime(os.path.join(dp, f)) for dp, _, fs in os.walk(results / NAME / "ensembles")
             for f in fs} == ensembles
     report = _run_failing([_cmd("nnUNetv2_mona_check_folds"), "-d", str(FIVE_FOLD_ID), "-c", "2d",
-                           "-tr", *TRAINERS, "--npz"], env=env)
-    remedy = f"nnUNetv2_train {FIVE_FOLD_ID} 2d 2 -tr {MEAN_TEACHER} --val --npz"
-    assert f"fold 2 of {MEAN_TEACHER}" in report and remedy in report and report.count("MISSING") == 1, report
+                           "-tr", *TRAINERS, "-f", *FOLDS, "--npz"], env=env)
+    remedy = f"nnUNetv2_train {FIVE_FOLD_ID} 2d 1 -tr {MEAN_TEACHER} --val --npz"
+    assert f"fold 1 of {MEAN_TEACHER}" in report and remedy in report and report.count("MISSING") == 1, report
     run_cmd([_cmd(remedy.split()[0]), *remedy.split()[1:], "-device", "cpu"], env=env)
-    assert "OK:" in run_cmd([_cmd("nnUNetv2_mona_check_folds"), "-d", str(FIVE_FOLD_ID), "-tr", *TRAINERS, "--npz"],
-                            env=env)
+    assert "OK:" in run_cmd([_cmd("nnUNetv2_mona_check_folds"), "-d", str(FIVE_FOLD_ID), "-tr", *TRAINERS,
+                             "-f", *FOLDS, "--npz"], env=env)
 
 
 def test_ensemble_of_predictions_without_probabilities(predictions, tmp_path):
