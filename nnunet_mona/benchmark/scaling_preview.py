@@ -105,9 +105,10 @@ def preview_lines(output: str, cells: Sequence[PlannedCell], rates: Dict[str, fl
             continue
         rate: Optional[float] = rates.get(c.rate_trainer)
         source = ""
-        if rate is None and variant_family_rate(rates, c.rate_trainer) is not None:
-            rate, family = variant_family_rate(rates, c.rate_trainer)
-            source, borrowed = f" (measured for other {family} variants)", borrowed + 1
+        family_rate = variant_family_rate(rates, c.rate_trainer) if rate is None else None
+        if family_rate is not None:
+            (rate, family), borrowed = family_rate, borrowed + 1
+            source = f" (measured for other {family} variants)"
         if rate is None:
             unknown.append(c.row)
             estimate = "no training of it or of another variant of its trainer measured in this folder yet"
